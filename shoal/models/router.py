@@ -1,0 +1,79 @@
+"""One place that turns a `ModelRef` into a call on the right backend, and reports every call.
+
+The recorder is how the engine stores each call as a `ModelCall` row while backends and
+specialists stay free of the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoal.errors import ModelError
+from shoal.models.base import BackendName, ChatRequest, ModelBackend, ModelRef, Reply
+
+
+class CallRecord(BaseModel):
+    """One model call as it happened: what was asked, what came back or what failed."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    ref: ModelRef
+    request: ChatRequest
+    reply: Reply | None = None
+    error: str | None = None
+    error_type: str | None = None
+    raw_text: str | None = None
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    latency_s: float = 0.0
+
+
+Recorder = Callable[[CallRecord], Awaitable[None]]
+BackendFactory = Callable[[BackendName], ModelBackend]
+
+
+class ModelRouter:
+    def __init__(self, factory: BackendFactory, recorder: Recorder | None = None) -> None:
+        self._factory = factory
+        self._backends: dict[BackendName, ModelBackend] = {}
+        self.recorder = recorder
+
+    def backend(self, name: BackendName) -> ModelBackend:
+        if name not in self._backends:
+            self._backends[name] = self._factory(name)
+        return self._backends[name]
+
+    async def chat(
+        self, ref: ModelRef | str, request: ChatRequest, *, recorder: Recorder | None = None
+    ) -> Reply:
+        ref = ModelRef.parse(ref)
+        if request.model != ref.name:
+            request = request.model_copy(update={"model": ref.name})
+        record = recorder or self.recorder
+        started = time.perf_counter()
+        try:
+            reply = await self.backend(ref.backend).chat(request)
+        except ModelError as exc:
+            if record is not None:
+                await record(
+                    CallRecord(
+                        ref=ref,
+                        request=request,
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                        raw_text=getattr(exc, "raw_text", None),
+                        latency_s=time.perf_counter() - started,
+                    )
+                )
+            raise
+        if record is not None:
+            await record(CallRecord(ref=ref, request=request, reply=reply, latency_s=reply.latency_s))
+        return reply
+
+    async def aclose(self) -> None:
+        for backend in self._backends.values():
+            await backend.aclose()
+        self._backends.clear()
