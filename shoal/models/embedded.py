@@ -169,6 +169,7 @@ _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 # A value longer than this is a small model rambling, not an answer; callers who need longer
 # strings say so with Field(max_length=...), which the grammar honours.
 MAX_STRING_CHARS = 160
+GRAMMAR_MAX_LENGTH = 256
 
 
 def bound_strings(schema: Any, limit: int = MAX_STRING_CHARS) -> Any:
@@ -178,8 +179,13 @@ def bound_strings(schema: Any, limit: int = MAX_STRING_CHARS) -> Any:
     if not isinstance(schema, dict):
         return schema
     bounded = {key: bound_strings(value, limit) for key, value in schema.items()}
-    free_form = not any(k in bounded for k in ("maxLength", "enum", "const", "pattern", "format"))
-    if bounded.get("type") == "string" and free_form:
+    if bounded.get("type") != "string":
+        return bounded
+    if bounded.get("maxLength", 0) > GRAMMAR_MAX_LENGTH:
+        # llama.cpp unrolls a bound into nested rules and refuses large ones; leave long text
+        # unbounded in the grammar (pydantic still checks the bound on the parsed reply)
+        del bounded["maxLength"]
+    elif not any(k in bounded for k in ("maxLength", "enum", "const", "pattern", "format")):
         bounded["maxLength"] = limit
     return bounded
 

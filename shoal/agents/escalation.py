@@ -1,0 +1,321 @@
+"""The escalation ladder: small model -> resampling -> frontier -> human, with budgets.
+
+A specialist's answer at or above its threshold is accepted and nothing else runs; the
+frontier is never called for it. Below the threshold the ladder climbs one rung at a time
+and stops at the first rung that gives an answer it can trust. Every rung taken produces an
+`Escalation` record (reason, confidence before and after, model, cost), handed to
+`on_escalation` so the engine can store it; the ladder itself knows no database.
+
+The human rung does not wait here: it returns an outcome with status `needs_human`, and the
+graph pauses durably (LangGraph `interrupt()`) until a person answers; `answer_by_human`
+then turns the answer into the final result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoal.errors import ModelError
+from shoal.models.base import ModelRef
+from shoal.specialists.base import Result, Signal, Specialist
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+class Rung(StrEnum):
+    RESAMPLE = "resample"
+    FRONTIER = "frontier"
+    HUMAN = "human"
+
+
+class Escalation(BaseModel):
+    specialist: str
+    rung: Rung
+    reason: str
+    confidence_before: float
+    confidence_after: float | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+    outcome: Literal["accepted", "rejected", "skipped", "pending"]
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class LadderConfig(BaseModel):
+    threshold: float = Field(ge=0.0, le=1.0)
+    resample: int = Field(default=0, ge=0, le=20, description="extra samples for self-consistency")
+    resample_temperature: float = Field(default=0.8, gt=0.0, le=2.0)
+    frontier: str | None = Field(default=None, description="ModelRef of the frontier tier")
+    frontier_min_confidence: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="the frontier's answer is trusted above this"
+    )
+    human: bool = True
+
+
+class SpendLedger(Protocol):
+    """Frontier spend per day; the engine's implementation lives in the store."""
+
+    async def spent_today(self) -> float: ...
+
+    async def add(self, cost_usd: float) -> None: ...
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.by_day: dict[str, float] = {}
+
+    async def spent_today(self) -> float:
+        return self.by_day.get(datetime.now(UTC).date().isoformat(), 0.0)
+
+    async def add(self, cost_usd: float) -> None:
+        day = datetime.now(UTC).date().isoformat()
+        self.by_day[day] = self.by_day.get(day, 0.0) + cost_usd
+
+
+class Budget:
+    """Frontier spend limits for one run (and, through the ledger, for the day)."""
+
+    def __init__(
+        self,
+        *,
+        per_run_usd: float | None = None,
+        per_day_usd: float | None = None,
+        ledger: SpendLedger | None = None,
+    ) -> None:
+        self.per_run_usd = per_run_usd
+        self.per_day_usd = per_day_usd
+        self.ledger: SpendLedger = ledger or MemoryLedger()
+        self.run_spent = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refusal(self) -> str | None:
+        """Why the frontier may not be called now, or None when it may."""
+        if self.per_run_usd is not None and self.run_spent >= self.per_run_usd:
+            return f"run frontier budget spent (${self.run_spent:.4f} of ${self.per_run_usd:.4f})"
+        if self.per_day_usd is not None:
+            today = await self.ledger.spent_today()
+            if today >= self.per_day_usd:
+                return f"daily frontier budget spent (${today:.4f} of ${self.per_day_usd:.4f})"
+        return None
+
+    async def charge(self, cost_usd: float) -> None:
+        async with self._lock:
+            self.run_spent += cost_usd
+            await self.ledger.add(cost_usd)
+
+
+class Outcome(BaseModel, Generic[Out]):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    status: Literal["accepted", "escalated", "needs_human", "failed"]
+    answered_by: Literal["specialist", "resample", "frontier", "human"] | None
+    result: Result[Out]
+    first: Result[Out]
+    escalations: list[Escalation] = Field(default_factory=list)
+
+    @property
+    def output(self) -> Out | None:
+        return self.result.output if self.status in ("accepted", "escalated") else None
+
+
+EscalationHook = Callable[[Escalation], Awaitable[None]]
+
+
+class Ladder:
+    def __init__(
+        self,
+        config: LadderConfig,
+        *,
+        budget: Budget | None = None,
+        on_escalation: EscalationHook | None = None,
+    ) -> None:
+        self.config = config
+        self.budget = budget or Budget()
+        self.on_escalation = on_escalation
+        if config.frontier is not None:
+            ModelRef.parse(config.frontier)
+
+    async def _record(self, escalations: list[Escalation], item: Escalation) -> None:
+        escalations.append(item)
+        if self.on_escalation is not None:
+            await self.on_escalation(item)
+
+    async def run(self, specialist: Specialist[Any, Out], data: Any) -> Outcome[Out]:
+        threshold = self.config.threshold
+        first = await specialist.run(data)
+        if first.ok and first.confidence >= threshold:
+            return Outcome(status="accepted", answered_by="specialist", result=first, first=first)
+        return await self.climb(specialist, data, first)
+
+    async def climb(self, specialist: Specialist[Any, Out], data: Any, first: Result[Out]) -> Outcome[Out]:
+        """The rungs above the specialist, for an answer already known to be below threshold."""
+        threshold = self.config.threshold
+        escalations: list[Escalation] = []
+        why = (
+            f"confidence {first.confidence:.2f} below threshold {threshold:.2f}"
+            if first.ok
+            else f"no usable answer: {first.error}"
+        )
+        best = first
+
+        if self.config.resample and first.ok:
+            voted = await self._resample(specialist, data, first)
+            await self._record(
+                escalations,
+                Escalation(
+                    specialist=specialist.name,
+                    rung=Rung.RESAMPLE,
+                    reason=why,
+                    confidence_before=first.confidence,
+                    confidence_after=voted.confidence,
+                    model=str(specialist.model),
+                    cost_usd=voted.cost_usd,
+                    outcome="accepted" if voted.confidence >= threshold else "rejected",
+                ),
+            )
+            if voted.confidence >= threshold:
+                return Outcome(
+                    status="escalated",
+                    answered_by="resample",
+                    result=voted,
+                    first=first,
+                    escalations=escalations,
+                )
+            best = voted
+            why = f"resampling agreement {voted.confidence:.2f} below threshold {threshold:.2f}"
+
+        if self.config.frontier is not None:
+            refusal = await self.budget.refusal()
+            if refusal is not None:
+                await self._record(
+                    escalations,
+                    Escalation(
+                        specialist=specialist.name,
+                        rung=Rung.FRONTIER,
+                        reason=f"{why}; frontier skipped: {refusal}",
+                        confidence_before=best.confidence,
+                        model=self.config.frontier,
+                        outcome="skipped",
+                    ),
+                )
+                why = f"{why}; {refusal}"
+            else:
+                upper = await self._frontier(specialist, data)
+                await self.budget.charge(upper.cost_usd)
+                trusted = upper.ok and upper.confidence >= self.config.frontier_min_confidence
+                await self._record(
+                    escalations,
+                    Escalation(
+                        specialist=specialist.name,
+                        rung=Rung.FRONTIER,
+                        reason=why,
+                        confidence_before=best.confidence,
+                        confidence_after=upper.confidence if upper.ok else None,
+                        model=self.config.frontier,
+                        cost_usd=upper.cost_usd,
+                        outcome="accepted" if trusted else "rejected",
+                    ),
+                )
+                if trusted:
+                    return Outcome(
+                        status="escalated",
+                        answered_by="frontier",
+                        result=upper,
+                        first=first,
+                        escalations=escalations,
+                    )
+                why = f"{why}; frontier gave no usable answer ({upper.error or upper.explain()})"
+
+        if self.config.human:
+            await self._record(
+                escalations,
+                Escalation(
+                    specialist=specialist.name,
+                    rung=Rung.HUMAN,
+                    reason=why,
+                    confidence_before=best.confidence,
+                    outcome="pending",
+                ),
+            )
+            return Outcome(
+                status="needs_human", answered_by=None, result=best, first=first, escalations=escalations
+            )
+        return Outcome(status="failed", answered_by=None, result=best, first=first, escalations=escalations)
+
+    async def _resample(self, specialist: Specialist[Any, Out], data: Any, first: Result[Out]) -> Result[Out]:
+        """Self-consistency: k more samples at a temperature; agreement with the majority."""
+        k = self.config.resample
+        samples = [first]
+        for seed in range(1, k + 1):  # sequential: a local model serves one call at a time anyway
+            samples.append(
+                await specialist.run(data, temperature=self.config.resample_temperature, seed=seed)
+            )
+        usable = [s for s in samples if s.ok and s.output is not None]
+        calls = [c for s in samples[1:] for c in s.calls]
+        if not usable:
+            return first.model_copy(update={"calls": calls, "confidence": 0.0})
+        groups: list[list[Result[Out]]] = []
+        for sample in usable:
+            for group in groups:
+                assert sample.output is not None and group[0].output is not None
+                if specialist.agree(group[0].output, sample.output):
+                    group.append(sample)
+                    break
+            else:
+                groups.append([sample])
+        majority = max(groups, key=len)
+        agreement = len(majority) / len(samples)
+        return majority[0].model_copy(
+            update={
+                "confidence": agreement,
+                "calls": calls,
+                "evidence": [
+                    Signal(
+                        name="agreement",
+                        value=agreement,
+                        detail=f"{len(majority)}/{len(samples)} samples gave this answer",
+                    ),
+                    *majority[0].evidence,
+                ],
+            }
+        )
+
+    async def _frontier(self, specialist: Specialist[Any, Out], data: Any) -> Result[Out]:
+        assert self.config.frontier is not None
+        try:
+            return await specialist.run(data, model=self.config.frontier)
+        except ModelError as exc:  # an unreachable frontier is a rung that failed, not a crash
+            return Result[Out](
+                specialist=specialist.name,
+                model=self.config.frontier,
+                output=None,
+                confidence=0.0,
+                evidence=[Signal(name="frontier", value=0.0, detail=str(exc))],
+                error=str(exc),
+            )
+
+
+def answer_by_human(outcome: Outcome[Out], answer: Out, *, who: str = "a person") -> Outcome[Out]:
+    """The final outcome once a person has answered an item on the human rung."""
+    result = outcome.result.model_copy(
+        update={
+            "output": answer,
+            "confidence": 1.0,
+            "error": None,
+            "model": f"human:{who}",
+            "evidence": [Signal(name="human", value=1.0, detail=f"answered by {who}")],
+            "calls": [],
+        }
+    )
+    escalations = [
+        e.model_copy(update={"outcome": "accepted", "confidence_after": 1.0}) if e.rung == Rung.HUMAN else e
+        for e in outcome.escalations
+    ]
+    return Outcome(
+        status="escalated", answered_by="human", result=result, first=outcome.first, escalations=escalations
+    )

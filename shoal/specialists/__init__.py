@@ -1,0 +1,30 @@
+"""Who does the work: typed specialists, each with its own confidence signal."""
+
+from shoal.specialists.base import Judgement, Result, Signal, Specialist
+from shoal.specialists.classifier import Classification, Classifier, TextInput
+from shoal.specialists.coder import Code, Coder, CodeResult, CodeTask
+from shoal.specialists.extractor import Extractor
+from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailableError
+from shoal.specialists.summarizer import Summarizer, Summary, SummaryInput
+
+__all__ = [
+    "Classification",
+    "Classifier",
+    "Code",
+    "CodeResult",
+    "CodeTask",
+    "Coder",
+    "Extractor",
+    "Judgement",
+    "Result",
+    "Sandbox",
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailableError",
+    "Signal",
+    "Specialist",
+    "Summarizer",
+    "Summary",
+    "SummaryInput",
+    "TextInput",
+]

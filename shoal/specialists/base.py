@@ -1,0 +1,188 @@
+"""Specialists: typed units of work, each with its own honest confidence signal.
+
+A subclass states only what is specific to it: the prompt (`messages`), the JSON the model
+should emit (`response_type`), and how to turn a reply into an output with a confidence
+(`judge`). The base class makes the model call, collects every call made, and turns a reply
+that cannot be used into a zero-confidence result, so a bad answer is escalated, never a crash.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoal.errors import InvalidRequestError, ModelError, SchemaValidationError
+from shoal.models.base import ChatRequest, Message, ModelRef, Reply
+from shoal.models.router import CallRecord, ModelRouter, Recorder
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+
+
+class Signal(BaseModel):
+    """One piece of evidence behind a confidence, worded for a person."""
+
+    name: str
+    value: float = Field(description="the signal's own score in [0, 1]")
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value:.2f}" + (f" ({self.detail})" if self.detail else "")
+
+
+class Judgement(BaseModel, Generic[Out]):
+    """What a specialist concludes from one reply."""
+
+    output: Out | None
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: list[Signal] = Field(default_factory=list)
+
+
+class Result(BaseModel, Generic[Out]):
+    """A specialist's answer: the output, how sure it is, why, and the calls it took."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    specialist: str
+    model: str
+    output: Out | None
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: list[Signal] = Field(default_factory=list)
+    calls: list[CallRecord] = Field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.output is not None and self.error is None
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.reply.cost_usd for c in self.calls if c.reply is not None)
+
+    def explain(self) -> str:
+        return "; ".join(str(s) for s in self.evidence) or (self.error or "no evidence")
+
+
+def clamp(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+class Specialist(ABC, Generic[In, Out]):
+    """Subclass this to add a specialist. See `shoal.specialists.classifier` for a full one."""
+
+    name: ClassVar[str]
+    input_type: type[In]
+    output_type: type[Out]
+    default_threshold: ClassVar[float] = 0.7
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        model: ModelRef | str,
+        *,
+        threshold: float | None = None,
+        max_tokens: int = 256,
+        name: str | None = None,
+    ) -> None:
+        self.router = router
+        self.model = ModelRef.parse(model)
+        self.threshold = self.default_threshold if threshold is None else threshold
+        self.max_tokens = max_tokens
+        if name is not None:  # two classifiers in one shoal need two names
+            self.name = name  # type: ignore[misc]
+
+    # --- what a subclass states -------------------------------------------------------------
+
+    @abstractmethod
+    def messages(self, data: In) -> list[Message]:
+        """The prompt for one input."""
+
+    @abstractmethod
+    def response_type(self) -> type[BaseModel]:
+        """The JSON shape the model is constrained to emit."""
+
+    @abstractmethod
+    async def judge(self, data: In, reply: Reply) -> Judgement[Out]:
+        """Turn a parsed reply into an output, a confidence and its evidence."""
+
+    def wants_logprobs(self) -> bool:
+        return True
+
+    # --- what the base class does -----------------------------------------------------------
+
+    def request(self, data: In, *, temperature: float = 0.0, seed: int | None = None) -> ChatRequest:
+        return ChatRequest(
+            model=self.model.name,
+            messages=self.messages(data),
+            output_schema=self.response_type(),
+            temperature=temperature,
+            seed=seed,
+            max_tokens=self.max_tokens,
+            logprobs=self.wants_logprobs(),
+            top_logprobs=20 if self.wants_logprobs() else 0,
+        )
+
+    async def run(
+        self,
+        data: In | dict[str, Any],
+        *,
+        model: ModelRef | str | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Result[Out]:
+        """Run once on `model` (default: the specialist's own) and judge the reply.
+
+        Model failures that retrying will not fix (a reply that breaks the schema, a request
+        the model cannot take) become a zero-confidence result with the reason as evidence;
+        an unreachable or misconfigured backend still raises, since no answer exists to judge.
+        """
+        item = data if isinstance(data, BaseModel) else self.input_type.model_validate(data)
+        ref = ModelRef.parse(model) if model is not None else self.model
+        calls: list[CallRecord] = []
+        upstream = self.router.recorder
+
+        async def collect(record: CallRecord) -> None:
+            calls.append(record)
+            if upstream is not None:
+                await upstream(record)
+
+        recorder: Recorder = collect
+        request = self.request(item, temperature=temperature, seed=seed)
+        try:
+            reply = await self.router.chat(ref, request, recorder=recorder)
+        except SchemaValidationError as exc:
+            return self._failed(ref, calls, "schema", f"reply is not a valid answer: {exc}")
+        except InvalidRequestError as exc:  # e.g. the input does not fit the model's context
+            return self._failed(ref, calls, "request", str(exc))
+        try:
+            judgement = await self.judge(item, reply)
+        except ModelError as exc:
+            return self._failed(ref, calls, "judge", str(exc))
+        return Result[Out](
+            specialist=self.name,
+            model=str(ref),
+            output=judgement.output,
+            confidence=clamp(judgement.confidence),
+            evidence=judgement.evidence,
+            calls=calls,
+        )
+
+    def _failed(self, ref: ModelRef, calls: list[CallRecord], signal: str, why: str) -> Result[Out]:
+        return Result[Out](
+            specialist=self.name,
+            model=str(ref),
+            output=None,
+            confidence=0.0,
+            evidence=[Signal(name=signal, value=0.0, detail=why)],
+            calls=calls,
+            error=why,
+        )
+
+    def agree(self, a: Out, b: Out) -> bool:
+        """Whether two outputs count as the same answer (for self-consistency resampling)."""
+        return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, model='{self.model}', threshold={self.threshold})"

@@ -1,0 +1,165 @@
+"""Reading confidence out of token log-probabilities.
+
+Backends return, per generated token, its log-probability and the top alternatives. These
+helpers map those tokens back onto the reply text, so a specialist can ask "how sure was the
+model of *this value*" or "how much probability went to each label".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from shoal.models.base import TokenLogprob
+
+
+class TokenText:
+    """The reply as the backend tokenised it: joined text and each token's character span."""
+
+    def __init__(self, tokens: Sequence[TokenLogprob]) -> None:
+        self.tokens = list(tokens)
+        self.starts: list[int] = []
+        position = 0
+        for token in self.tokens:
+            self.starts.append(position)
+            position += len(token.token)
+        self.text = "".join(t.token for t in self.tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def index_at(self, char: int) -> int | None:
+        """The token that holds character `char` of the joined text."""
+        for i in range(len(self.tokens) - 1, -1, -1):
+            if self.starts[i] <= char < self.starts[i] + max(1, len(self.tokens[i].token)):
+                return i
+        return None
+
+    def span_tokens(self, start: int, end: int) -> list[TokenLogprob]:
+        """Tokens that overlap characters [start, end)."""
+        return [
+            t
+            for t, s in zip(self.tokens, self.starts, strict=True)
+            if s < end and s + len(t.token) > start and t.token.strip()
+        ]
+
+    def mean_prob(self, start: int, end: int) -> float | None:
+        """Mean probability of the tokens over a span (None when no token covers it)."""
+        covered = self.span_tokens(start, end)
+        if not covered:
+            return None
+        return sum(math.exp(t.logprob) for t in covered) / len(covered)
+
+
+def _alternatives(token: TokenLogprob) -> dict[str, float]:
+    """Probability of each alternative at one position, the chosen token included."""
+    options = {alt.token: math.exp(alt.logprob) for alt in token.top}
+    options.setdefault(token.token, math.exp(token.logprob))
+    return options
+
+
+def label_distribution(
+    text: TokenText, value_start: int, labels: Sequence[str], *, closing: str = '"'
+) -> tuple[dict[str, float], float]:
+    """Probability the model put on each label, from the tokens that spell the chosen one.
+
+    `value_start` is where the label's first character sits in `text.text`. At each position
+    an alternative token is credited to every label it could begin (split evenly when several
+    share it); the chosen token is followed to the next position, so labels that share a first
+    token are told apart by their continuation. Returns the distribution normalised over the
+    label set and the raw mass the model put on labels at all (low mass: the model wanted to
+    say something else).
+    """
+    raw: dict[str, float] = dict.fromkeys(labels, 0.0)
+    first = text.index_at(value_start)
+    if first is None:
+        return raw, 0.0
+    _walk(text, first, value_start, value_start, list(labels), 1.0, raw, closing, top=True)
+    mass = sum(raw.values())
+    if mass <= 0:
+        return raw, 0.0
+    return {label: p / mass for label, p in raw.items()}, mass
+
+
+def _walk(
+    text: TokenText,
+    index: int,
+    position: int,
+    value_start: int,
+    candidates: list[str],
+    incoming: float,
+    out: dict[str, float],
+    closing: str,
+    *,
+    top: bool,
+) -> None:
+    if index >= len(text.tokens):
+        for label in candidates:
+            out[label] += incoming / len(candidates)
+        return
+    token = text.tokens[index]
+    prefix = text.text[text.starts[index] : position]  # e.g. the opening quote in the same token
+    consumed = position - value_start
+    options = {tok: p for tok, p in _alternatives(token).items() if tok.startswith(prefix)}
+    matched: dict[str, list[str]] = {}
+    for tok in options:
+        rest = tok[len(prefix) :]
+        if not rest:
+            continue
+        fits = [
+            label
+            for label in candidates
+            if (label[consumed:] + closing).startswith(rest) or rest.startswith(label[consumed:] + closing)
+        ]
+        if fits:
+            matched[tok] = fits
+    if not matched:
+        # The backend's alternatives do not reach the label (too few top-k): trust the text.
+        chosen = text.text[value_start:].split(closing, 1)[0]
+        if chosen in out:
+            out[chosen] += incoming
+        return
+    # At the first position raw probabilities are kept (their sum is the label mass); deeper
+    # down, the chosen path's mass is split in proportion among its continuations.
+    total = 1.0 if top else sum(options[tok] for tok in matched)
+    for tok, fits in matched.items():
+        share = incoming * options[tok] / total
+        rest = tok[len(prefix) :]
+        if tok == token.token and len(fits) > 1:
+            finished = [label for label in fits if rest.startswith(label[consumed:] + closing)]
+            still_open = [label for label in fits if label not in finished]
+            for label in finished:
+                out[label] += share / len(fits)
+            if still_open:
+                _walk(
+                    text,
+                    index + 1,
+                    text.starts[index] + len(tok),
+                    value_start,
+                    still_open,
+                    share * len(still_open) / len(fits),
+                    out,
+                    closing,
+                    top=False,
+                )
+        else:
+            for label in fits:
+                out[label] += share / len(fits)
+
+
+def find_value(text: str, key: str, after: int = 0) -> tuple[int, int] | None:
+    """Character span of the JSON value of `key` (the value itself, without quotes)."""
+    match = re.compile(r'"' + re.escape(key) + r'"\s*:\s*').search(text, after)
+    if match is None:
+        return None
+    start = match.end()
+    if start < len(text) and text[start] == '"':
+        end = start + 1
+        while end < len(text) and text[end] != '"':
+            end += 2 if text[end] == "\\" else 1
+        return start + 1, end
+    end = start
+    while end < len(text) and text[end] not in ",}]\n":
+        end += 1
+    return start, end
