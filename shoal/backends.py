@@ -31,6 +31,8 @@ def build_backend(name: BackendName, settings: Settings) -> ModelBackend:
             n_gpu_layers=settings.embedded.n_gpu_layers,
             models=settings.embedded.models,
         )
+    if name == "scripted":
+        raise ValueError("the scripted backend answers from a script: build ScriptedBackend(...) in code")
     from shoal.models.openai import OpenAIBackend
 
     return OpenAIBackend(

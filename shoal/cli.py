@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel, create_model
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from shoal.backends import build_backend, build_router
@@ -109,6 +118,143 @@ def ask(
         )
 
     asyncio.run(go())
+
+
+@app.command("eval")
+def eval_(
+    data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL, or CLINC150-style JSON.")],
+    text: Annotated[str, typer.Option("--text", help="Column (or key) holding the text.")] = "text",
+    label: Annotated[str, typer.Option("--label", help="Column (or key) holding the gold label.")] = "label",
+    split: Annotated[str, typer.Option(help="Split of a CLINC150-style JSON file.")] = "test",
+    per_label: Annotated[
+        int | None, typer.Option(help="Stratified sample: at most this many rows per label.")
+    ] = None,
+    out_of_scope: Annotated[
+        int | None, typer.Option("--oos", help="At most this many out-of-scope rows (CLINC150 'oos').")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="backend:model to evaluate.")] = None,
+    target: Annotated[float, typer.Option(help="System accuracy the threshold must reach.")] = 0.9,
+    frontier_accuracy: Annotated[float, typer.Option(help="Accuracy assumed for escalated items.")] = 1.0,
+    out: Annotated[
+        Path | None, typer.Option(help="JSONL of predictions, written as they come; re-running resumes.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate the classifier on labelled data and recommend a threshold."""
+    from shoal.evaluation import OUT_OF_SCOPE, Prediction, load_labelled, report, stratified
+    from shoal.specialists.classifier import Classifier, TextInput
+
+    settings = _settings(config)
+    rows = load_labelled(data, text_column=text, label_column=label, split=split)
+    labels = sorted({r.label for r in rows if r.label != OUT_OF_SCOPE})
+    in_scope = [r for r in rows if r.label != OUT_OF_SCOPE]
+    oos_rows = [r for r in rows if r.label == OUT_OF_SCOPE]
+    if per_label is not None:
+        in_scope = stratified(in_scope, per_label)
+    if out_of_scope is not None:
+        oos_rows = stratified(oos_rows, out_of_scope)
+    chosen = in_scope + oos_rows
+    if not chosen:
+        raise typer.BadParameter(f"{data} holds no labelled rows", param_hint="DATA")
+    ref = ModelRef.parse(model) if model else settings.model_for("classifier")
+
+    done: dict[tuple[str, str], Prediction] = {}
+    if out is not None and out.exists():
+        for line in out.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                kept = Prediction.model_validate_json(line)
+                done[(kept.text, kept.gold)] = kept
+
+    async def go() -> list[Prediction]:
+        router = build_router(settings)
+        classifier = Classifier(router, ref, labels, instruction="Classify the user's request by intent.")
+        predictions: list[Prediction] = []
+        sink = out.open("a", encoding="utf-8") if out is not None else None
+        try:
+            with Progress(
+                TextColumn("[bold]eval[/bold] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[acc]}"),
+                console=err,
+            ) as progress:
+                task = progress.add_task(str(ref), total=len(chosen), acc="")
+                for row in chosen:
+                    known = done.get((row.text, row.label))
+                    if known is None:
+                        started = time.perf_counter()
+                        result = await classifier.run(TextInput(text=row.text))
+                        known = Prediction(
+                            text=row.text,
+                            gold=row.label,
+                            predicted=result.output.label if result.output else None,
+                            confidence=result.confidence,
+                            seconds=time.perf_counter() - started,
+                            error=result.error,
+                        )
+                        if sink is not None:
+                            sink.write(known.model_dump_json() + "\n")
+                            sink.flush()
+                    predictions.append(known)
+                    correct = sum(p.correct for p in predictions)
+                    progress.update(task, advance=1, acc=f"acc {correct / len(predictions):.2f}")
+        finally:
+            if sink is not None:
+                sink.close()
+            await router.aclose()
+        return predictions
+
+    predictions = asyncio.run(go())
+    result = report(predictions, labels, target_accuracy=target, frontier_accuracy=frontier_accuracy)
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    _print_report(result, str(ref), data)
+
+
+def _print_report(result: Any, model: str, data: Path) -> None:
+    summary = Table(title=f"{model} on {data.name}: {result.n} rows", show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("rows in scope / out of scope", f"{result.n_in_scope} / {result.n_out_of_scope}")
+    summary.add_row("accuracy (in scope)", f"{result.in_scope_accuracy:.3f}")
+    summary.add_row("accuracy (all rows)", f"{result.accuracy:.3f}")
+    summary.add_row("macro-F1 (in scope)", f"{result.macro_f1:.3f}")
+    summary.add_row("ECE", f"{result.ece:.3f}")
+    summary.add_row("AUROC, confidence vs correct", "-" if result.auroc is None else f"{result.auroc:.3f}")
+    summary.add_row("mean confidence in scope", f"{result.mean_confidence_in_scope:.3f}")
+    if result.mean_confidence_out_of_scope is not None:
+        summary.add_row("mean confidence out of scope", f"{result.mean_confidence_out_of_scope:.3f}")
+    summary.add_row("seconds per item", f"{result.seconds_per_item:.3f}")
+    summary.add_row("unusable replies", str(result.errors))
+    console.print(summary)
+    table = Table(title=f"threshold sweep (frontier accuracy {result.frontier_accuracy:.2f})")
+    for column in ("threshold", "escalated", "accepted acc.", "system acc.", "oos escalated"):
+        table.add_column(column, justify="right")
+    for row in result.table:
+        table.add_row(
+            f"{row.threshold:.2f}",
+            f"{row.escalated:.1%}",
+            "-" if row.accepted_accuracy is None else f"{row.accepted_accuracy:.3f}",
+            f"{row.system_accuracy:.3f}",
+            "-" if row.out_of_scope_escalated is None else f"{row.out_of_scope_escalated:.1%}",
+        )
+    console.print(table)
+    best = result.recommended
+    if best is None:
+        console.print(f"no threshold reaches system accuracy {result.target_accuracy:.2f}")
+    else:
+        console.print(
+            f"recommended threshold: [bold]{best.threshold:.2f}[/bold] reaches {best.system_accuracy:.3f} "
+            f"(target {result.target_accuracy:.2f}) escalating {best.escalated:.1%} of items"
+            + (
+                f"; out-of-scope escalated: {best.out_of_scope_escalated:.1%}"
+                if best.out_of_scope_escalated is not None
+                else ""
+            )
+        )
 
 
 @models_app.callback()

@@ -22,7 +22,8 @@ from tenacity import (
 
 from shoal.errors import ModelError, SchemaValidationError
 
-BackendName = Literal["ollama", "embedded", "openai"]
+BackendName = Literal["ollama", "embedded", "openai", "scripted"]
+# the backends a configuration can name; `scripted` is built in code, for tests
 BACKENDS: tuple[BackendName, ...] = ("ollama", "embedded", "openai")
 
 _MODEL_NAME = re.compile(r"^[^\s]+$")
@@ -56,7 +57,7 @@ class ModelRef(BaseModel):
                 f"model reference {text!r} is not of the form backend:model; "
                 f"use e.g. 'ollama:qwen2.5:3b', 'embedded:smollm2-135m' or 'openai:gpt-4o-mini'"
             )
-        if backend not in BACKENDS:
+        if backend not in (*BACKENDS, "scripted"):
             raise ValueError(
                 f"model reference {text!r} names unknown backend {backend!r}; "
                 f"known backends: {', '.join(BACKENDS)}"

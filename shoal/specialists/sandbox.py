@@ -181,6 +181,7 @@ class Sandbox:
             "--tmpfs", "/tmp",
             "--proc", "/proc",
             "--dev", "/dev",
+            "--remount-ro", "/",
             "--unshare-all",
             "--die-with-parent",
             "--new-session",

@@ -68,18 +68,22 @@ def label_distribution(
     an alternative token is credited to every label it could begin (split evenly when several
     share it); the chosen token is followed to the next position, so labels that share a first
     token are told apart by their continuation. Returns the distribution normalised over the
-    label set and the raw mass the model put on labels at all (low mass: the model wanted to
-    say something else).
+    label set, with the mass beyond the backend's top-k alternatives counted as possibly-unseen
+    labels (so it may sum to less than 1: a truncated view must not look certain), and the raw
+    mass the model put on the labels it showed.
     """
     raw: dict[str, float] = dict.fromkeys(labels, 0.0)
     first = text.index_at(value_start)
     if first is None:
         return raw, 0.0
-    _walk(text, first, value_start, value_start, list(labels), 1.0, raw, closing, top=True)
+    unseen = [0.0]
+    _walk(text, first, value_start, value_start, list(labels), 1.0, raw, closing, unseen, top=True)
     mass = sum(raw.values())
     if mass <= 0:
         return raw, 0.0
-    return {label: p / mass for label, p in raw.items()}, mass
+    # Probability outside the top-k alternatives may belong to labels the backend did not
+    # show; counting it in the denominator keeps a truncated view from looking certain.
+    return {label: p / (mass + unseen[0]) for label, p in raw.items()}, mass
 
 
 def _walk(
@@ -91,6 +95,7 @@ def _walk(
     incoming: float,
     out: dict[str, float],
     closing: str,
+    unseen: list[float],
     *,
     top: bool,
 ) -> None:
@@ -101,7 +106,9 @@ def _walk(
     token = text.tokens[index]
     prefix = text.text[text.starts[index] : position]  # e.g. the opening quote in the same token
     consumed = position - value_start
-    options = {tok: p for tok, p in _alternatives(token).items() if tok.startswith(prefix)}
+    everything = _alternatives(token)
+    options = {tok: p for tok, p in everything.items() if tok.startswith(prefix)}
+    beyond_top_k = max(0.0, 1.0 - sum(everything.values()))
     matched: dict[str, list[str]] = {}
     for tok in options:
         rest = tok[len(prefix) :]
@@ -122,7 +129,8 @@ def _walk(
         return
     # At the first position raw probabilities are kept (their sum is the label mass); deeper
     # down, the chosen path's mass is split in proportion among its continuations.
-    total = 1.0 if top else sum(options[tok] for tok in matched)
+    total = 1.0 if top else sum(options[tok] for tok in matched) + beyond_top_k
+    unseen[0] += incoming * beyond_top_k / total
     for tok, fits in matched.items():
         share = incoming * options[tok] / total
         rest = tok[len(prefix) :]
@@ -141,6 +149,7 @@ def _walk(
                     share * len(still_open) / len(fits),
                     out,
                     closing,
+                    unseen,
                     top=False,
                 )
         else:
