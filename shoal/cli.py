@@ -120,6 +120,237 @@ def ask(
     asyncio.run(go())
 
 
+def _engine(config: Path | None) -> Any:
+    from shoal.engine import Shoal
+
+    return Shoal(_settings(config))
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        console.print_json(report.model_dump_json())
+    elif report.answer is not None:
+        console.print_json(json.dumps(report.answer.get("answer", report.answer), ensure_ascii=False))
+    for item in report.reviews:
+        err.print(
+            f"[yellow]waiting for a person:[/yellow] review {item.id} ({item.specialist}, step {item.step_id}): "
+            f"`shoal review {item.id}`"
+        )
+    if report.error:
+        err.print(f"[red]{report.error}[/red]")
+    err.print(f"[dim]{report.summary()}[/dim]")
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="The task; '-' reads standard input.")],
+    plan: Annotated[
+        Path | None, typer.Option(help="A plan (JSON) to run instead of asking the planner.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Plan and run a task; prints the result and a one-line cost and escalation summary."""
+    text: str | bytes = sys.stdin.buffer.read() if task == "-" else task
+    chosen = json.loads(plan.read_text(encoding="utf-8")) if plan else None
+    engine = _engine(config)
+    report = engine.run_sync(text, plan=chosen)
+    _print_report(report, as_json)
+    if report.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], config: ConfigOption = None
+) -> None:
+    """Continue a run that crashed, was stopped, or waited on reviews answered since."""
+    engine = _engine(config)
+    report = asyncio.run(engine._once(engine.resume(run_id)))
+    _print_report(report, False)
+
+
+@app.command()
+def runs(
+    status: Annotated[
+        str | None, typer.Option(help="Only runs with this status (running, waiting, done, failed).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    config: ConfigOption = None,
+) -> None:
+    """Recent runs."""
+    from shoal.store import Store
+
+    store = Store(_settings(config).db_path)
+    table = Table(title=f"runs in {store.path}")
+    for column in ("id", "status", "started", "task", "calls", "esc.", "tokens", "cost", "secs"):
+        table.add_column(column, overflow="fold")
+    for row in store.list_runs(status=status, limit=limit):
+        table.add_row(
+            row.id,
+            row.status,
+            row.created_at.strftime("%Y-%m-%d %H:%M"),
+            (row.task[:50] + "…") if len(row.task) > 50 else row.task,
+            str(row.model_calls),
+            str(row.escalations),
+            str(row.tokens_in + row.tokens_out),
+            f"${row.cost_usd:.4f}",
+            f"{row.seconds:.1f}",
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    calls: Annotated[
+        bool, typer.Option("--calls", help="Print every model call's prompt and reply.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A run's steps with confidence and evidence, its escalations and its model calls."""
+    from shoal.store import Store
+
+    store = Store(_settings(config).db_path)
+    run = store.find_run(run_id)
+    console.print(
+        f"[bold]run {run.id}[/bold]  {run.status}  {run.workflow}  {run.created_at:%Y-%m-%d %H:%M:%S}"
+    )
+    console.print(f"task: {run.task if len(run.task) < 500 else run.task[:500] + '…'}")
+    if run.error:
+        console.print(f"[red]error: {run.error}[/red]")
+    steps = Table(title="steps", show_lines=True)
+    for column in (
+        "step",
+        "specialist",
+        "status",
+        "confidence",
+        "first",
+        "answered by",
+        "output",
+        "evidence",
+    ):
+        steps.add_column(column, overflow="fold")
+    for step in store.steps(run.id):
+        evidence = "; ".join(
+            f"{e['name']}={e['value']:.2f} {e['detail']}" for e in json.loads(step.evidence_json)
+        )
+        steps.add_row(
+            step.step_id,
+            step.specialist,
+            step.status,
+            "-" if step.confidence is None else f"{step.confidence:.2f}",
+            "-" if step.first_confidence is None else f"{step.first_confidence:.2f}",
+            step.answered_by or "-",
+            (step.output_json or step.error or "")[:300],
+            evidence[:400],
+        )
+    console.print(steps)
+    escalations = store.escalations(run.id)
+    if escalations:
+        table = Table(title="escalations")
+        for column in ("step", "rung", "outcome", "before", "after", "model", "cost", "reason"):
+            table.add_column(column, overflow="fold")
+        for e in escalations:
+            table.add_row(
+                e.step_id or "-",
+                e.rung,
+                e.outcome,
+                f"{e.confidence_before:.2f}",
+                "-" if e.confidence_after is None else f"{e.confidence_after:.2f}",
+                e.model or "-",
+                f"${e.cost_usd:.4f}",
+                e.reason,
+            )
+        console.print(table)
+    table = Table(title="model calls")
+    for column in ("#", "step", "model", "tokens", "latency", "cost", "confidence", "error"):
+        table.add_column(column, overflow="fold")
+    rows = store.model_calls(run.id)
+    for call in rows:
+        table.add_row(
+            str(call.id),
+            call.step_id or "-",
+            call.model,
+            f"{call.tokens_in}+{call.tokens_out}",
+            f"{call.latency_s:.2f}s",
+            f"${call.cost_usd:.4f}",
+            "-" if call.confidence is None else f"{call.confidence:.2f}",
+            call.error or "",
+        )
+    console.print(table)
+    if calls:
+        for call in rows:
+            console.rule(f"call {call.id}: {call.model} (step {call.step_id})")
+            console.print_json(call.request_json)
+            console.print_json(
+                call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text})
+            )
+    console.print(
+        f"{run.model_calls} model calls, {run.escalations} escalations, {run.tokens_in}+{run.tokens_out} tokens, "
+        f"${run.cost_usd:.4f} frontier, {run.seconds:.1f}s"
+    )
+
+
+@app.command()
+def review(
+    review_id: Annotated[
+        int | None, typer.Argument(help="The review to answer; none lists pending ones.")
+    ] = None,
+    answer: Annotated[
+        str | None,
+        typer.Option(help="The answer: JSON of the specialist's output, or a label for a classifier."),
+    ] = None,
+    accept: Annotated[bool, typer.Option(help="Accept the best answer the models gave.")] = False,
+    who: Annotated[str, typer.Option(help="Who answers (recorded with the answer).")] = "cli",
+    config: ConfigOption = None,
+) -> None:
+    """List pending human decisions, or answer one; its run then goes on at once."""
+    from shoal.store import Store
+
+    settings = _settings(config)
+    if review_id is None:
+        store = Store(settings.db_path)
+        pending = store.reviews(status="pending")
+        if not pending:
+            console.print("no reviews waiting")
+            return
+        table = Table(title="waiting for a person", show_lines=True)
+        for column in ("id", "run", "step", "specialist", "confidence", "best answer", "why"):
+            table.add_column(column, overflow="fold")
+        for row in pending:
+            q = json.loads(row.question_json)
+            table.add_row(
+                str(row.id),
+                row.run_id,
+                row.step_id,
+                row.specialist,
+                f"{q.get('confidence', 0):.2f}",
+                json.dumps(q.get("best_answer"))[:300],
+                "; ".join(q.get("reasons", []))[:300],
+            )
+        console.print(table)
+        console.print("answer with `shoal review ID --answer JSON` or `--accept`")
+        return
+    engine = _engine(config)
+    row = engine.store.get_review(review_id)
+    if accept:
+        value: Any = json.loads(row.question_json).get("best_answer")
+        if value is None:
+            raise typer.BadParameter(
+                "the models gave no answer to accept; give --answer", param_hint="--accept"
+            )
+    elif answer is not None:
+        try:
+            value = json.loads(answer)
+        except json.JSONDecodeError:
+            value = answer  # a bare label
+    else:
+        raise typer.BadParameter("give --answer JSON or --accept", param_hint="--answer")
+    report = asyncio.run(engine._once(engine.review(review_id, value, who=who)))
+    _print_report(report, False)
+
+
 @app.command("eval")
 def eval_(
     data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL, or CLINC150-style JSON.")],
@@ -211,10 +442,10 @@ def eval_(
     if as_json:
         console.print_json(result.model_dump_json())
         return
-    _print_report(result, str(ref), data)
+    _print_eval(result, str(ref), data)
 
 
-def _print_report(result: Any, model: str, data: Path) -> None:
+def _print_eval(result: Any, model: str, data: Path) -> None:
     summary = Table(title=f"{model} on {data.name}: {result.n} rows", show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")

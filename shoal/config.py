@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from platformdirs import user_config_path, user_data_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -70,6 +70,29 @@ class OpenAISettings(_Section):
     prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
 
+class EscalationSettings(_Section):
+    resample: int = Field(default=0, ge=0, le=20, description="self-consistency samples before the frontier")
+    resample_temperature: float = Field(default=0.8, gt=0, le=2)
+    frontier_per_run_usd: float | None = Field(default=0.50, ge=0)
+    frontier_per_day_usd: float | None = Field(default=5.00, ge=0)
+    human: bool = True
+
+
+BITEXT_CATEGORIES = [
+    "ACCOUNT",
+    "CANCELLATION_FEE",
+    "CONTACT",
+    "DELIVERY",
+    "FEEDBACK",
+    "INVOICE",
+    "NEWSLETTER",
+    "ORDER",
+    "PAYMENT",
+    "REFUND",
+    "SHIPPING_ADDRESS",
+]
+
+
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -90,7 +113,14 @@ class Settings(_Section):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
+    # the task graph's general-purpose classifier; the shipped default is Bitext's taxonomy
+    classifier_labels: list[str] = Field(default_factory=lambda: list(BITEXT_CATEGORIES), min_length=2)
+    max_task_chars: int = Field(default=100_000, ge=1)
+    max_plan_steps: int = Field(default=6, ge=1, le=20)
+    # LangGraph checkpoint durability; finished steps are crash-safe in shoal's own rows either way
+    durability: Literal["exit", "async", "sync"] = "exit"
     source: Path | None = Field(default=None, exclude=True)
 
     @field_validator("default_model", "frontier_model")

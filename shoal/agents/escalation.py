@@ -51,6 +51,9 @@ class LadderConfig(BaseModel):
     resample: int = Field(default=0, ge=0, le=20, description="extra samples for self-consistency")
     resample_temperature: float = Field(default=0.8, gt=0.0, le=2.0)
     frontier: str | None = Field(default=None, description="ModelRef of the frontier tier")
+    frontier_unavailable: str | None = Field(
+        default=None, description="why the frontier cannot be asked (e.g. no API key): the rung is skipped"
+    )
     frontier_min_confidence: float = Field(
         default=0.0, ge=0.0, le=1.0, description="the frontier's answer is trusted above this"
     )
@@ -190,7 +193,7 @@ class Ladder:
             why = f"resampling agreement {voted.confidence:.2f} below threshold {threshold:.2f}"
 
         if self.config.frontier is not None:
-            refusal = await self.budget.refusal()
+            refusal = self.config.frontier_unavailable or await self.budget.refusal()
             if refusal is not None:
                 await self._record(
                     escalations,

@@ -170,15 +170,18 @@ _JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 # strings say so with Field(max_length=...), which the grammar honours.
 MAX_STRING_CHARS = 160
 GRAMMAR_MAX_LENGTH = 256
+MAX_ARRAY_ITEMS = 8
 
 
 def bound_strings(schema: Any, limit: int = MAX_STRING_CHARS) -> Any:
-    """Give every free-form string in a JSON schema a maxLength, so the JSON always closes."""
+    """Bound every free-form string (maxLength) and list (maxItems), so the JSON always closes."""
     if isinstance(schema, list):
         return [bound_strings(item, limit) for item in schema]
     if not isinstance(schema, dict):
         return schema
     bounded = {key: bound_strings(value, limit) for key, value in schema.items()}
+    if bounded.get("type") == "array" and "maxItems" not in bounded:
+        bounded["maxItems"] = MAX_ARRAY_ITEMS  # small models repeat list items until max_tokens
     if bounded.get("type") != "string":
         return bounded
     if bounded.get("maxLength", 0) > GRAMMAR_MAX_LENGTH:

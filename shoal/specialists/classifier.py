@@ -20,6 +20,7 @@ from shoal.specialists.tokens import TokenText, find_value, label_distribution
 
 class TextInput(BaseModel):
     text: str
+    instruction: str = Field(default="", description="what a planner asked of this step, if anything")
 
 
 class Classification(BaseModel):
@@ -92,8 +93,9 @@ class Classifier(Specialist[TextInput, Classification]):
         )
         key = "labels" if self.multi_label else "label"
         how = "Choose every label that applies." if self.multi_label else "Choose exactly one label."
+        asked = f" ({data.instruction})" if data.instruction else ""
         system = (
-            f"{self.instruction} {how}\nLabels:\n{listing}\n"
+            f"{self.instruction}{asked} {how}\nLabels:\n{listing}\n"
             f'Answer with JSON: {{"{key}": ...}} using the labels exactly as written.'
         )
         messages = [Message(role="system", content=system)]

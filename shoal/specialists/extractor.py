@@ -66,8 +66,9 @@ class Extractor(Specialist[TextInput, M], Generic[M]):
             + ("" if info.is_required() else " (null if the text does not say)")
             for name, info in self.output_type.model_fields.items()
         )
+        asked = f" ({data.instruction})" if data.instruction else ""
         system = (
-            f"{self.instruction}\nFields:\n{fields}\n"
+            f"{self.instruction}{asked}\nFields:\n{fields}\n"
             "Copy values exactly as they appear in the text. Never invent a value: use null "
             "when the text does not contain it. Answer with JSON only."
         )
@@ -94,6 +95,9 @@ class Extractor(Specialist[TextInput, M], Generic[M]):
             p for p in (self._value_prob(tokens, path, value) for path, value in checkable) if p is not None
         ]
         token_p = sum(probs) / len(probs) if probs else None
+        if token_p is None and tokens:
+            # nothing to ground: how sure the model was of saying nothing is the signal left
+            token_p = tokens.mean_prob(0, len(tokens.text))
 
         confidence = required_share * grounded_share * (0.4 + 0.6 * (token_p if token_p is not None else 0.5))
         evidence = [

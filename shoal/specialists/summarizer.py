@@ -19,6 +19,7 @@ from shoal.specialists.grounding import content_words, names, normalise, numbers
 
 class SummaryInput(BaseModel):
     text: str
+    instruction: str = ""
 
 
 class Summary(BaseModel):
@@ -57,8 +58,9 @@ class Summarizer(Specialist[SummaryInput, Summary]):
         return False  # grounding, not token probability, is this specialist's signal
 
     def messages(self, data: SummaryInput) -> list[Message]:
+        asked = f" ({data.instruction})" if data.instruction else ""
         system = (
-            f"{self.instruction} Write a summary of {self.min_words} to {self.max_words} words and "
+            f"{self.instruction}{asked} Write a summary of {self.min_words} to {self.max_words} words and "
             "up to 5 short key points. Use only facts from the text: no new numbers, names or "
             'claims. Answer with JSON: {"summary": "...", "key_points": ["..."]}.'
         )

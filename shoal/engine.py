@@ -1,0 +1,388 @@
+"""`Shoal`: builds backends, specialists and graphs from configuration; runs, resumes, reviews.
+
+```python
+from shoal import Shoal
+
+shoal = Shoal.from_config()
+report = shoal.run_sync("Ticket: order 123 arrived broken. Categorise it and get the order id.")
+print(report.status, report.answer)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.types import Command
+from pydantic import BaseModel, Field
+
+from shoal.agents.escalation import Budget, LadderConfig
+from shoal.agents.planner import DESCRIPTIONS, Plan, PlanError, Planner
+from shoal.backends import build_router
+from shoal.config import Settings
+from shoal.errors import ShoalError
+from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
+from shoal.models.router import ModelRouter
+from shoal.specialists.base import Specialist
+from shoal.specialists.classifier import Classifier
+from shoal.specialists.coder import Coder
+from shoal.specialists.extractor import Extractor
+from shoal.specialists.summarizer import Summarizer
+from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreError, StoreLedger
+
+
+class TaskError(ShoalError):
+    """A task that cannot be started as given."""
+
+
+class Entities(BaseModel):
+    """What the general-purpose extractor pulls out of text."""
+
+    names: list[str] = Field(default_factory=list, max_length=5, description="people and organisations named")
+    ids: list[str] = Field(
+        default_factory=list, max_length=5, description="order, invoice, account or ticket numbers"
+    )
+    emails: list[str] = Field(default_factory=list, max_length=5, description="email addresses")
+    amounts: list[str] = Field(default_factory=list, max_length=5, description="money amounts with currency")
+    dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
+
+
+class ReviewItem(BaseModel):
+    id: int
+    run_id: str
+    step_id: str
+    specialist: str
+    question: dict[str, Any]
+
+
+class RunReport(BaseModel):
+    run_id: str
+    status: str
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+    reviews: list[ReviewItem] = Field(default_factory=list)
+    model_calls: int = 0
+    escalations: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        waiting = f", {len(self.reviews)} waiting for review" if self.reviews else ""
+        return (
+            f"run {self.run_id} {self.status}: {self.model_calls} model calls, {self.escalations} escalations"
+            f"{waiting}, {self.tokens_in}+{self.tokens_out} tokens, ${self.cost_usd:.4f} frontier, "
+            f"{self.seconds:.1f}s"
+        )
+
+
+def check_task(task: str | bytes, limit: int) -> str:
+    """Refuse what cannot be a task before anything is written."""
+    if isinstance(task, bytes):
+        try:
+            task = task.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskError(
+                f"the task is not UTF-8 text (byte {exc.start} is {task[exc.start]:#04x})"
+            ) from None
+    if "\x00" in task:
+        raise TaskError("the task contains NUL bytes: it looks like binary data, not text")
+    if not task.strip():
+        raise TaskError("the task is empty: say what the shoal should do")
+    if len(task) > limit:
+        raise TaskError(
+            f"the task is {len(task):,} characters, over the limit of {limit:,}; split it, or raise "
+            "max_task_chars in shoal.toml (small models read a few thousand tokens at most)"
+        )
+    return task
+
+
+class Shoal:
+    """The engine. One per process: it owns the database connection and the checkpointer."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        router: ModelRouter | None = None,
+        specialists: dict[str, Specialist[Any, Any]] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        self.router = router or build_router(self.settings)
+        self.router.recorder = record_call
+        self.store = store or Store(self.settings.db_path)
+        self.ledger = StoreLedger(self.store)
+        self.specialists = specialists or self.default_specialists()
+        descriptions = {
+            name: DESCRIPTIONS.get(name, getattr(s, "description", name))
+            for name, s in self.specialists.items()
+        }
+        self.planner = Planner(
+            self.router,
+            self.settings.model_for("planner"),
+            descriptions,
+            max_steps=self.settings.max_plan_steps,
+            threshold=self.settings.threshold_for("planner", Planner.default_threshold),
+        )
+        self._budgets: dict[str, Budget] = {}
+        self._exit = AsyncExitStack()
+        self._graph: Any = None
+        self._lock = asyncio.Lock()
+        self._active = 0
+
+    async def __aenter__(self) -> Shoal:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    @asynccontextmanager
+    async def _using_graph(self) -> AsyncIterator[Any]:
+        """The graph while work is under way; the checkpointer's connection closes after the
+        last piece of work, so a script that never calls `aclose()` still exits."""
+        self._active += 1
+        try:
+            yield await self.graph()
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                async with self._lock:
+                    if self._active == 0:
+                        await self._exit.aclose()
+                        self._graph = None
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None) -> Shoal:
+        return cls(Settings.load(path))
+
+    def default_specialists(self) -> dict[str, Specialist[Any, Any]]:
+        s = self.settings
+
+        def threshold(name: str, default: float) -> float:
+            return s.threshold_for(name, default)
+
+        return {
+            "classifier": Classifier(
+                self.router,
+                s.model_for("classifier"),
+                s.classifier_labels,
+                threshold=threshold("classifier", Classifier.default_threshold),
+            ),
+            "extractor": Extractor(
+                self.router,
+                s.model_for("extractor"),
+                Entities,
+                threshold=threshold("extractor", Extractor.default_threshold),
+            ),
+            "summarizer": Summarizer(
+                self.router,
+                s.model_for("summarizer"),
+                threshold=threshold("summarizer", Summarizer.default_threshold),
+            ),
+            "coder": Coder(
+                self.router, s.model_for("coder"), threshold=threshold("coder", Coder.default_threshold)
+            ),
+        }
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def ladder_config(self, name: str, threshold: float) -> LadderConfig:
+        e = self.settings.escalation
+        frontier = self.settings.frontier_model
+        unavailable = None
+        if (
+            frontier is not None
+            and frontier.startswith("openai:")
+            and not os.environ.get(self.settings.openai.api_key_env)
+        ):
+            unavailable = f"{self.settings.openai.api_key_env} is not set"
+        return LadderConfig(
+            threshold=threshold,
+            resample=e.resample,
+            resample_temperature=e.resample_temperature,
+            frontier=frontier,
+            frontier_unavailable=unavailable,
+            human=e.human,
+        )
+
+    def budget(self, run_id: str) -> Budget:
+        if run_id not in self._budgets:
+            e = self.settings.escalation
+            self._budgets[run_id] = Budget(
+                per_run_usd=e.frontier_per_run_usd, per_day_usd=e.frontier_per_day_usd, ledger=self.ledger
+            )
+        return self._budgets[run_id]
+
+    async def graph(self) -> Any:
+        """The compiled task graph with the SQLite checkpointer (one per process)."""
+        async with self._lock:
+            if self._graph is None:
+                conn = await self._exit.enter_async_context(
+                    aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
+                )
+                await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                await conn.execute("PRAGMA journal_mode=WAL")
+                saver = AsyncSqliteSaver(conn)
+                await saver.setup()
+                runtime = TaskRuntime(
+                    store=self.store,
+                    planner=self.planner,
+                    specialists=self.specialists,
+                    ladder_config=self.ladder_config,
+                    budget=self.budget,
+                    ledger=self.ledger,
+                    max_steps=self.settings.max_plan_steps,
+                )
+                self._graph = build_task_graph(runtime).compile(checkpointer=saver)
+            return self._graph
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
+        """Plan (unless a plan is given) and run a task; returns when it is done or waits for a person."""
+        text = check_task(task, self.settings.max_task_chars)
+        chosen = None
+        if plan is not None:
+            chosen = Plan.model_validate(plan).check(list(self.specialists), self.settings.max_plan_steps)
+        run_id = uuid.uuid4().hex[:12]
+        self.store.create_run(run_id, text)
+        if chosen is not None:
+            self.store.update_run(run_id, plan_json=chosen.model_dump_json())
+        state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
+        return await self._drive(run_id, state)
+
+    def run_sync(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
+        report: RunReport = asyncio.run(self._once(self.run(task, plan=plan)))
+        return report
+
+    async def resume(self, run_id: str) -> RunReport:
+        """Continue a run that crashed, was stopped, or waits on reviews answered meanwhile."""
+        run = self.store.find_run(run_id)
+        if run.status == "done":
+            return self.report(run.id)
+        async with self._using_graph() as graph:
+            snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
+            if snapshot.next:
+                return await self._drive(run.id, None)
+        state = {
+            "run_id": run.id,
+            "task": run.task,
+            "plan": json.loads(run.plan_json) if run.plan_json else None,
+        }
+        return await self._drive(run.id, state)
+
+    async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
+        """Answer a pending human decision and let its run go on at once."""
+        row = self.store.get_review(review_id)
+        if row.status != "pending":
+            raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
+        validated = self._validate_answer(row.specialist, answer)
+        self.store.answer_review(review_id, validated, who)
+        async with self._using_graph() as graph:
+            snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
+            resume: dict[str, Any] = {}
+            for pending in snapshot.interrupts:
+                if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
+                    resume[pending.id] = {"answer": validated, "who": who}
+            return await self._drive(row.run_id, Command(resume=resume) if resume else None)
+
+    def _validate_answer(self, specialist: str, answer: Any) -> Any:
+        if specialist == "planner":
+            return (
+                Plan.model_validate(answer)
+                .check(list(self.specialists), self.settings.max_plan_steps)
+                .model_dump()
+            )
+        output_type = self.specialists[specialist].output_type
+        if isinstance(answer, str) and "label" in output_type.model_fields:
+            answer = {"label": answer, "labels": [answer]}
+        try:
+            return output_type.model_validate(answer).model_dump(mode="json")
+        except ValueError as exc:
+            raise TaskError(
+                f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}"
+            ) from None
+
+    async def _drive(self, run_id: str, state: Any) -> RunReport:
+        async with self._using_graph() as graph:
+            return await self._invoke(graph, run_id, state)
+
+    async def _invoke(self, graph: Any, run_id: str, state: Any) -> RunReport:
+        config = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
+        started = time.perf_counter()
+        self.store.update_run(run_id, status="running", owner_pid=os.getpid(), error=None)
+        try:
+            result = await graph.ainvoke(state, config, durability=self.settings.durability)
+        except (ShoalError, PlanError) as exc:
+            self._finish(run_id, "failed", started, error=str(exc))
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, cancellation: finished steps are saved; `shoal resume` goes on
+            self._finish(run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
+            raise
+        if result.get("__interrupt__"):
+            self._finish(run_id, "waiting", started)
+        else:
+            self._finish(run_id, "done", started, answer=result.get("answer"))
+            self.store.prune_checkpoints(run_id)
+        return self.report(run_id)
+
+    def _finish(
+        self, run_id: str, status: str, started: float, *, error: str | None = None, answer: Any = None
+    ) -> None:
+        run = self.store.get_run(run_id)
+        seconds = (run.seconds if run else 0.0) + time.perf_counter() - started
+        fields: dict[str, Any] = {"status": status, "seconds": seconds, "owner_pid": None, "error": error}
+        if answer is not None:
+            fields["result_json"] = json.dumps(answer, ensure_ascii=False)
+        fields.update(self.store.totals(run_id))
+        self.store.update_run(run_id, **fields)
+
+    def report(self, run_id: str) -> RunReport:
+        run = self.store.find_run(run_id)
+        reviews = [
+            ReviewItem(
+                id=r.id or 0,
+                run_id=r.run_id,
+                step_id=r.step_id,
+                specialist=r.specialist,
+                question=json.loads(r.question_json),
+            )
+            for r in self.store.reviews(status="pending", run_id=run.id)
+        ]
+        return RunReport(
+            run_id=run.id,
+            status=run.status,
+            answer=json.loads(run.result_json) if run.result_json else None,
+            error=run.error,
+            reviews=reviews,
+            model_calls=run.model_calls,
+            escalations=run.escalations,
+            tokens_in=run.tokens_in,
+            tokens_out=run.tokens_out,
+            cost_usd=run.cost_usd,
+            seconds=run.seconds,
+        )
+
+    async def _once(self, work: Any) -> Any:
+        try:
+            return await work
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._exit.aclose()
+        self._graph = None
+        await self.router.aclose()

@@ -1,0 +1,420 @@
+"""The task graph: plan -> dispatch (Send) -> step (run, gate, escalate) -> compose.
+
+```
+START -> plan -> [plan_review] -> dispatch -> step* ---> dispatch -> ... -> compose -> END
+                                          \\-> review* -/
+```
+
+Crash safety does not rest on LangGraph's checkpoints alone: every finished step is written to
+the store (with its model calls and escalations) in one transaction before the node returns,
+and a step node first looks for its own finished row. A resumed run therefore never repeats
+a paid call, whatever the checkpoint durability. The human rung is a node of its own
+(`review`), after the node that made the model calls, because a node that calls `interrupt()`
+runs again from its start on resume.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send, interrupt
+from pydantic import BaseModel
+
+from shoal.agents.escalation import Budget, Escalation, Ladder, LadderConfig, Outcome
+from shoal.agents.planner import TASK, Plan, PlanError, Planner, PlanStep, TaskInput
+from shoal.errors import ModelError
+from shoal.graphs.state import ReviewPayload, RunState, StepOutcome, StepPayload
+from shoal.models.router import CallRecord
+from shoal.specialists.base import Result, Specialist
+from shoal.store import db as store_db
+from shoal.store.tables import Escalation as EscalationRow
+from shoal.store.tables import ModelCall, Review, Step
+
+# The model calls of the step running in this asyncio task; the router's recorder appends here.
+CURRENT_CALLS: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar(
+    "shoal_current_calls", default=None
+)
+
+
+async def record_call(record: CallRecord) -> None:
+    """The recorder the engine gives its router: calls land with the step that made them."""
+    calls = CURRENT_CALLS.get()
+    if calls is not None:
+        calls.append(record)
+
+
+@dataclass
+class TaskRuntime:
+    """What the graph's nodes need, built by the engine from configuration."""
+
+    store: store_db.Store
+    planner: Planner
+    specialists: dict[str, Specialist[Any, Any]]
+    ladder_config: Callable[[str, float], LadderConfig]
+    budget: Callable[[str], Budget]
+    ledger: store_db.StoreLedger | None = None
+    max_steps: int = 6
+    _budgets: dict[str, Budget] = field(default_factory=dict)
+
+    def ladder(self, run_id: str, name: str, threshold: float, sink: list[Escalation]) -> Ladder:
+        async def keep(item: Escalation) -> None:
+            sink.append(item)
+
+        return Ladder(self.ladder_config(name, threshold), budget=self.budget(run_id), on_escalation=keep)
+
+
+def render(output: Any) -> str:
+    """A step's output as text for the steps that read it."""
+    if output is None:
+        return ""
+    data = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+    if isinstance(data, dict):
+        if "label" in data and "distribution" in data:
+            return ", ".join(data.get("labels") or [data["label"]])
+        if "summary" in data:
+            points = "".join(f"\n- {p}" for p in data.get("key_points") or [])
+            return str(data["summary"]) + points
+        if "code" in data:
+            return str(data["code"])
+    return json.dumps(data, ensure_ascii=False)
+
+
+def build_input(
+    specialist: Specialist[Any, Any], step: PlanStep, task: str, upstream: dict[str, StepOutcome]
+) -> BaseModel:
+    parts = []
+    for name in step.inputs:
+        if name == TASK:
+            parts.append(task)
+        else:
+            earlier = upstream[name]
+            parts.append(f"[{name}, {earlier['specialist']}]\n{earlier['text']}")
+    text = "\n\n".join(parts)
+    fields = specialist.input_type.model_fields
+    if "text" in fields:
+        data: dict[str, Any] = {"text": text}
+        if "instruction" in fields:
+            data["instruction"] = step.instruction
+        built: BaseModel = specialist.input_type.model_validate(data)
+        return built
+    if "task" in fields:
+        built = specialist.input_type.model_validate({"task": f"{step.instruction}\n\n{text}".strip()})
+        return built
+    raise PlanError(
+        f"specialist {specialist.name} takes {specialist.input_type.__name__}, which a plan step cannot "
+        "fill from text; give it a 'text' or 'task' field, or run it outside the planner"
+    )
+
+
+def call_rows(
+    run_id: str, step_id: str, calls: list[CallRecord], confidence: float | None
+) -> list[ModelCall]:
+    rows = []
+    for call in calls:
+        reply = call.reply
+        rows.append(
+            ModelCall(
+                run_id=run_id,
+                step_id=step_id,
+                model=str(call.ref),
+                request_json=json.dumps(call.request.as_record(), ensure_ascii=False),
+                reply_json=None if reply is None else json.dumps(reply.as_record(), ensure_ascii=False),
+                error=call.error,
+                error_type=call.error_type,
+                raw_text=call.raw_text,
+                tokens_in=reply.usage.input_tokens if reply else 0,
+                tokens_out=reply.usage.output_tokens if reply else 0,
+                latency_s=call.latency_s,
+                cost_usd=reply.cost_usd if reply else 0.0,
+                confidence=confidence,
+                created_at=call.started_at,
+            )
+        )
+    return rows
+
+
+def escalation_rows(run_id: str, step_id: str, items: list[Escalation]) -> list[EscalationRow]:
+    return [EscalationRow(run_id=run_id, step_id=step_id, **item.model_dump(mode="python")) for item in items]
+
+
+def question(data: BaseModel, outcome: Outcome[Any]) -> dict[str, Any]:
+    """What a person sees on the review queue."""
+    frontier = next((e for e in outcome.escalations if e.rung == "frontier" and e.outcome != "skipped"), None)
+    return {
+        "input": data.model_dump(mode="json"),
+        "small_answer": None
+        if outcome.first.output is None
+        else outcome.first.output.model_dump(mode="json"),
+        "small_model": outcome.first.model,
+        "confidence": outcome.first.confidence,
+        "evidence": [s.model_dump() for s in outcome.first.evidence],
+        "best_answer": None
+        if outcome.result.output is None
+        else outcome.result.output.model_dump(mode="json"),
+        "frontier": None if frontier is None else frontier.model_dump(mode="json"),
+        "reasons": [e.reason for e in outcome.escalations],
+    }
+
+
+def outcome_of(row: Step) -> StepOutcome:
+    output = None if row.output_json is None else json.loads(row.output_json)
+    return StepOutcome(
+        step_id=row.step_id,
+        specialist=row.specialist,
+        status=row.status,
+        output=output,
+        text=render(output),
+        confidence=row.confidence or 0.0,
+        answered_by=row.answered_by,
+    )
+
+
+def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
+    store = runtime.store
+
+    async def run_ladder(
+        run_id: str, step_id: str, specialist: Specialist[Any, Any], data: BaseModel
+    ) -> tuple[Outcome[Any] | None, list[CallRecord], list[Escalation], ModelError | None]:
+        calls: list[CallRecord] = []
+        escalations: list[Escalation] = []
+        token = CURRENT_CALLS.set(calls)
+        try:
+            ladder = runtime.ladder(run_id, specialist.name, specialist.threshold, escalations)
+            return await ladder.run(specialist, data), calls, escalations, None
+        except ModelError as exc:
+            return None, calls, escalations, exc
+        finally:
+            CURRENT_CALLS.reset(token)
+
+    def settle(run_id: str, step_id: str, escalations: list[Escalation]) -> None:
+        if runtime.ledger is not None:
+            runtime.ledger.recorded(sum(e.cost_usd for e in escalations if e.rung == "frontier"))
+
+    async def plan(state: RunState) -> dict[str, Any]:
+        run_id = state["run_id"]
+        if state.get("plan"):
+            return {}
+        run = store.get_run(run_id)
+        if run is not None and run.plan_json:
+            return {"plan": json.loads(run.plan_json)}
+        existing = store.finished_step(run_id, "plan")
+        if existing is not None and existing.status == "waiting":
+            waiting = [r for r in store.reviews(status=None, run_id=run_id) if r.step_id == "plan"]
+            return {"plan_review": {"review_id": waiting[-1].id}} if waiting else {}
+        data = TaskInput(task=state["task"])
+        outcome, calls, escalations, error = await run_ladder(run_id, "plan", runtime.planner, data)
+        step = Step(run_id=run_id, step_id="plan", specialist="planner", input_json=data.model_dump_json())
+        if error is not None or outcome is None:
+            step.status, step.error = "failed", str(error)
+            store.record_step(
+                step, call_rows(run_id, "plan", calls, None), escalation_rows(run_id, "plan", escalations)
+            )
+            raise error or PlanError("planning failed")
+        result: Result[Any] = outcome.result
+        step.confidence = result.confidence
+        step.first_confidence = outcome.first.confidence
+        step.evidence_json = json.dumps([s.model_dump() for s in result.evidence])
+        step.model = result.model
+        step.output_json = None if result.output is None else result.output.model_dump_json()
+        rows = (
+            call_rows(run_id, "plan", calls, result.confidence),
+            escalation_rows(run_id, "plan", escalations),
+        )
+        settle(run_id, "plan", escalations)
+        if outcome.status in ("accepted", "escalated") and result.output is not None:
+            chosen: Plan = result.output
+            problems = chosen.problems(list(runtime.specialists), runtime.max_steps)
+            if not problems:
+                step.status, step.answered_by = "done", outcome.answered_by
+                store.record_step(step, *rows)
+                store.update_run(run_id, plan_json=chosen.model_dump_json())
+                return {"plan": chosen.model_dump()}
+            outcome = outcome.model_copy(update={"status": "needs_human"})
+        if outcome.status == "needs_human":
+            step.status = "waiting"
+            review = Review(
+                run_id=run_id,
+                step_id="plan",
+                specialist="planner",
+                question_json=json.dumps(question(data, outcome)),
+            )
+            store.record_step(step, *rows, review=review)
+            return {"plan_review": {"review_id": review.id}}
+        step.status, step.error = "failed", result.error or "no usable plan"
+        store.record_step(step, *rows)
+        raise PlanError(f"no usable plan for the task: {result.explain()}")
+
+    async def plan_review(state: RunState) -> dict[str, Any]:
+        pending = state.get("plan_review") or {}
+        review = store.get_review(int(pending["review_id"]))
+        answer = _answer(review, state["run_id"], "plan")
+        chosen = Plan.model_validate(answer).check(list(runtime.specialists), runtime.max_steps)
+        store.update_run(state["run_id"], plan_json=chosen.model_dump_json())
+        _finish_human_step(store, state["run_id"], "plan", chosen, review)
+        return {"plan": chosen.model_dump(), "plan_review": None}
+
+    async def dispatch(state: RunState) -> dict[str, Any]:
+        return {}
+
+    def route(state: RunState) -> list[Send] | str:
+        if state.get("plan_review"):
+            return "plan_review"
+        chosen = Plan.model_validate(state["plan"])
+        results = state.get("results") or {}
+        waiting = state.get("waiting") or {}
+        ready = chosen.ready(done=set(results), busy=set(waiting))
+        if ready:
+            return [
+                Send(
+                    "step",
+                    StepPayload(
+                        run_id=state["run_id"],
+                        task=state["task"],
+                        step=s.model_dump(),
+                        upstream={i: results[i] for i in s.inputs if i != TASK},
+                    ),
+                )
+                for s in ready
+            ]
+        if waiting:
+            return [
+                Send(
+                    "review",
+                    ReviewPayload(run_id=state["run_id"], step_id=sid, review_id=int(w["review_id"])),
+                )
+                for sid, w in waiting.items()
+            ]
+        return "compose"
+
+    async def step(payload: StepPayload) -> dict[str, Any]:
+        run_id = payload["run_id"]
+        spec = PlanStep.model_validate(payload["step"])
+        existing = store.finished_step(run_id, spec.id)
+        if existing is not None and existing.status == "done":
+            return {"results": {spec.id: outcome_of(existing)}}
+        if existing is not None and existing.status == "waiting":
+            pending = [r for r in store.reviews(status=None, run_id=run_id) if r.step_id == spec.id]
+            if pending:
+                return {"waiting": {spec.id: {"review_id": pending[-1].id}}}
+        specialist = runtime.specialists[spec.specialist]
+        data = build_input(specialist, spec, payload["task"], payload["upstream"])
+        outcome, calls, escalations, error = await run_ladder(run_id, spec.id, specialist, data)
+        row = Step(
+            run_id=run_id,
+            step_id=spec.id,
+            specialist=spec.specialist,
+            instruction=spec.instruction,
+            input_json=data.model_dump_json(),
+        )
+        if error is not None or outcome is None:
+            row.status, row.error = "failed", str(error)
+            store.record_step(
+                row, call_rows(run_id, spec.id, calls, None), escalation_rows(run_id, spec.id, escalations)
+            )
+            raise error or ModelError(f"step {spec.id} failed")
+        result: Result[Any] = outcome.result
+        row.confidence = result.confidence
+        row.first_confidence = outcome.first.confidence
+        row.evidence_json = json.dumps([s.model_dump() for s in result.evidence])
+        row.model = result.model
+        row.output_json = None if result.output is None else result.output.model_dump_json()
+        row.answered_by = outcome.answered_by or ("unverified" if outcome.status == "failed" else None)
+        rows = (
+            call_rows(run_id, spec.id, calls, result.confidence),
+            escalation_rows(run_id, spec.id, escalations),
+        )
+        settle(run_id, spec.id, escalations)
+        if outcome.status == "needs_human":
+            row.status = "waiting"
+            review = Review(
+                run_id=run_id,
+                step_id=spec.id,
+                specialist=spec.specialist,
+                question_json=json.dumps(question(data, outcome)),
+            )
+            store.record_step(row, *rows, review=review)
+            return {"waiting": {spec.id: {"review_id": review.id}}}
+        row.status = "done"
+        saved = store.record_step(row, *rows)
+        return {"results": {spec.id: outcome_of(saved)}}
+
+    async def review(payload: ReviewPayload) -> dict[str, Any]:
+        run_id, step_id = payload["run_id"], payload["step_id"]
+        row = store.get_review(payload["review_id"])
+        answer = _answer(row, run_id, step_id)
+        specialist = runtime.specialists[row.specialist]
+        output = specialist.output_type.model_validate(answer)
+        saved = _finish_human_step(store, run_id, step_id, output, row)
+        return {"results": {step_id: outcome_of(saved)}, "waiting": {step_id: None}}
+
+    async def compose(state: RunState) -> dict[str, Any]:
+        chosen = Plan.model_validate(state["plan"])
+        results = state.get("results") or {}
+        return {
+            "answer": {
+                "answer": {sid: results[sid]["output"] for sid in chosen.sinks() if sid in results},
+                "steps": {
+                    sid: results[sid]["output"] for sid in (s.id for s in chosen.steps) if sid in results
+                },
+            }
+        }
+
+    graph: StateGraph[RunState] = StateGraph(RunState)
+    graph.add_node("plan", plan)
+    graph.add_node("plan_review", plan_review)
+    graph.add_node("dispatch", dispatch)
+    graph.add_node("step", step)  # type: ignore[arg-type]
+    graph.add_node("review", review)  # type: ignore[arg-type]
+    graph.add_node("compose", compose)
+    graph.add_edge(START, "plan")
+    graph.add_conditional_edges("plan", lambda s: "plan_review" if s.get("plan_review") else "dispatch")
+    graph.add_edge("plan_review", "dispatch")
+    graph.add_conditional_edges("dispatch", route, ["step", "review", "compose", "plan_review"])
+    graph.add_edge("step", "dispatch")
+    graph.add_edge("review", "dispatch")
+    graph.add_edge("compose", END)
+    return graph
+
+
+def _answer(review: Review, run_id: str, step_id: str) -> Any:
+    """The person's answer: from the store if already given, else wait for it (interrupt)."""
+    if review.status == "answered" and review.answer_json is not None:
+        return json.loads(review.answer_json)
+    value = interrupt(
+        {
+            "run_id": run_id,
+            "step_id": step_id,
+            "review_id": review.id,
+            "question": json.loads(review.question_json),
+        }
+    )
+    return value["answer"] if isinstance(value, dict) and "answer" in value else value
+
+
+def _finish_human_step(
+    store: store_db.Store, run_id: str, step_id: str, output: BaseModel, review: Review
+) -> Step:
+    row = store.finished_step(run_id, step_id)
+    if row is None:
+        raise PlanError(f"step {step_id} of run {run_id} has no row to finish")
+    row.status = "done"
+    row.output_json = output.model_dump_json()
+    row.confidence = 1.0
+    row.answered_by = "human"
+    row.model = f"human:{review.answered_by or 'a person'}"
+    row.evidence_json = json.dumps(
+        [{"name": "human", "value": 1.0, "detail": f"answered by {review.answered_by or 'a person'}"}]
+    )
+    human = [
+        e
+        for e in store.escalations(run_id)
+        if e.step_id == step_id and e.rung == "human" and e.outcome == "pending"
+    ]
+    for item in human:
+        item.outcome, item.confidence_after = "accepted", 1.0
+    return store.record_step(row, [], human)

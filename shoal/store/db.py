@@ -1,0 +1,314 @@
+"""One SQLite file: shoal's tables and LangGraph's checkpoints side by side.
+
+WAL and a busy timeout let several processes share the file. Every write is one short
+transaction opened and closed inside a plain function: nothing here awaits while holding one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, col, create_engine, select
+
+from shoal.errors import ShoalError
+from shoal.store.tables import Escalation, Migration, ModelCall, Review, Run, Step, now
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreError(ShoalError):
+    """The database cannot be opened or holds something unexpected."""
+
+
+def _v1(connection: Any) -> None:
+    tables = [SQLModel.metadata.tables[name] for name in ("run", "step", "modelcall", "escalation", "review")]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
+# Numbered, append-only: a database records which it has applied and gets the rest on open.
+MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
+    (1, "runs, steps, model calls, escalations, reviews", _v1),
+]
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the database {self.path}: {exc}") from None
+        self.engine: Engine = create_engine(
+            f"sqlite:///{self.path}",
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        event.listen(self.engine, "connect", _pragmas)
+        self.migrate()
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this file lacks.
+
+        Under BEGIN IMMEDIATE (the write lock, taken before reading what is applied), so two
+        processes opening a new file at once do not both create its tables.
+        """
+        applied: list[int] = []
+        newest = max(v for v, _, _ in MIGRATIONS)
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                connection.exec_driver_sql(
+                    "CREATE TABLE IF NOT EXISTS shoal_migration "
+                    "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at DATETIME NOT NULL)"
+                )
+                done = {row[0] for row in connection.exec_driver_sql("SELECT version FROM shoal_migration")}
+                if done and max(done) > newest:
+                    raise StoreError(
+                        f"{self.path} was written by a newer shoal (schema {max(done)} > {newest}); upgrade shoal"
+                    )
+                for version, name, apply in MIGRATIONS:
+                    if version in done:
+                        continue
+                    apply(connection)
+                    connection.execute(
+                        text("INSERT INTO shoal_migration (version, name, applied_at) VALUES (:v, :n, :t)"),
+                        {"v": version, "n": name, "t": now()},
+                    )
+                    applied.append(version)
+                connection.exec_driver_sql("COMMIT")
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+        return applied
+
+    def schema_version(self) -> int:
+        with Session(self.engine) as session:
+            return max(session.exec(select(Migration.version)).all(), default=0)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, task: str, *, workflow: str = "task") -> Run:
+        row = Run(id=run_id, task=task, workflow=workflow, status="running", owner_pid=os.getpid())
+        with self.session() as session:
+            session.add(row)
+            session.commit()
+        return row
+
+    def get_run(self, run_id: str) -> Run | None:
+        with self.session() as session:
+            return session.get(Run, run_id)
+
+    def find_run(self, prefix: str) -> Run:
+        """A run by id or unique id prefix (as git takes commit ids)."""
+        with self.session() as session:
+            exact = session.get(Run, prefix)
+            if exact is not None:
+                return exact
+            matches = session.exec(select(Run).where(col(Run.id).startswith(prefix)).limit(2)).all()
+        if not matches:
+            raise StoreError(f"no run '{prefix}' in {self.path}: `shoal runs` lists them")
+        if len(matches) > 1:
+            raise StoreError(f"'{prefix}' matches several runs: give more of the id")
+        return matches[0]
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self.session() as session:
+            row = session.get(Run, run_id)
+            if row is None:
+                raise StoreError(f"no run {run_id}")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = now()
+            session.add(row)
+            session.commit()
+
+    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[Run]:
+        with self.session() as session:
+            query = select(Run).order_by(col(Run.created_at).desc()).limit(limit)
+            if status:
+                query = query.where(Run.status == status)
+            return list(session.exec(query).all())
+
+    def totals(self, run_id: str) -> dict[str, Any]:
+        with self.session() as session:
+            calls = session.exec(
+                select(
+                    func.count(col(ModelCall.id)),
+                    func.coalesce(func.sum(ModelCall.tokens_in), 0),
+                    func.coalesce(func.sum(ModelCall.tokens_out), 0),
+                    func.coalesce(func.sum(ModelCall.cost_usd), 0.0),
+                ).where(ModelCall.run_id == run_id)
+            ).one()
+            escalations = session.exec(
+                select(func.count(col(Escalation.id))).where(Escalation.run_id == run_id)
+            ).one()
+        return {
+            "model_calls": calls[0],
+            "tokens_in": calls[1],
+            "tokens_out": calls[2],
+            "cost_usd": calls[3],
+            "escalations": escalations,
+        }
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def finished_step(self, run_id: str, step_id: str) -> Step | None:
+        with self.session() as session:
+            return session.exec(select(Step).where(Step.run_id == run_id, Step.step_id == step_id)).first()
+
+    def steps(self, run_id: str) -> list[Step]:
+        with self.session() as session:
+            return list(session.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.id))).all())
+
+    def record_step(
+        self,
+        step: Step,
+        calls: Sequence[ModelCall],
+        escalations: Sequence[Escalation],
+        review: Review | None = None,
+    ) -> Step:
+        """A finished (or waiting) step with everything it cost, in one transaction."""
+        with self.session() as session:
+            existing = session.exec(
+                select(Step).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
+            ).first()
+            if existing is not None:
+                for key, value in step.model_dump(exclude={"id", "started_at"}).items():
+                    setattr(existing, key, value)
+                step = existing
+            session.add(step)
+            session.add_all(calls)
+            for item in escalations:
+                if item.id is None:
+                    session.add(item)
+                else:  # an update to a row read earlier (a human rung now answered)
+                    session.merge(item)
+            if review is not None:
+                session.add(review)
+            session.commit()
+            return step
+
+    def record_calls(self, calls: Sequence[ModelCall]) -> None:
+        if not calls:
+            return
+        with self.session() as session:
+            session.add_all(calls)
+            session.commit()
+
+    def model_calls(self, run_id: str) -> list[ModelCall]:
+        with self.session() as session:
+            return list(
+                session.exec(
+                    select(ModelCall).where(ModelCall.run_id == run_id).order_by(col(ModelCall.id))
+                ).all()
+            )
+
+    def escalations(self, run_id: str) -> list[Escalation]:
+        with self.session() as session:
+            return list(
+                session.exec(
+                    select(Escalation).where(Escalation.run_id == run_id).order_by(col(Escalation.id))
+                ).all()
+            )
+
+    # --- reviews --------------------------------------------------------------------------
+
+    def reviews(self, *, status: str | None = "pending", run_id: str | None = None) -> list[Review]:
+        with self.session() as session:
+            query = select(Review).order_by(col(Review.id))
+            if status:
+                query = query.where(Review.status == status)
+            if run_id:
+                query = query.where(Review.run_id == run_id)
+            return list(session.exec(query).all())
+
+    def get_review(self, review_id: int) -> Review:
+        with self.session() as session:
+            row = session.get(Review, review_id)
+        if row is None:
+            raise StoreError(f"no review {review_id}: `shoal review` lists the pending ones")
+        return row
+
+    def answer_review(self, review_id: int, answer: dict[str, Any], who: str) -> Review:
+        with self.session() as session:
+            row = session.get(Review, review_id)
+            if row is None:
+                raise StoreError(f"no review {review_id}")
+            if row.status != "pending":
+                raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
+            row.status = "answered"
+            row.answer_json = json.dumps(answer)
+            row.answered_by = who
+            row.answered_at = now()
+            session.add(row)
+            session.commit()
+            return row
+
+    # --- spend ----------------------------------------------------------------------------
+
+    def frontier_spent_since(self, since: datetime) -> float:
+        with self.session() as session:
+            total = session.exec(
+                select(func.coalesce(func.sum(Escalation.cost_usd), 0.0)).where(
+                    Escalation.rung == "frontier", Escalation.at >= since
+                )
+            ).one()
+        return float(total)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def prune_checkpoints(self, run_id: str) -> int:
+        """Drop LangGraph's snapshots of a finished run; shoal's own rows keep its history."""
+        with self.engine.begin() as connection:
+            tables = {
+                r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            removed = 0
+            for table in ("checkpoints", "writes"):
+                if table in tables:
+                    removed += connection.execute(
+                        text(f"DELETE FROM {table} WHERE thread_id = :t"), {"t": run_id}
+                    ).rowcount
+        return removed
+
+
+class StoreLedger:
+    """Daily frontier spend, read from the escalations recorded in the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.unrecorded = 0.0  # spent in this process but not yet written with its step
+
+    async def spent_today(self) -> float:
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return self.store.frontier_spent_since(midnight) + self.unrecorded
+
+    async def add(self, cost_usd: float) -> None:
+        self.unrecorded += cost_usd
+
+    def recorded(self, cost_usd: float) -> None:
+        self.unrecorded = max(0.0, self.unrecorded - cost_usd)
+
+
+def _pragmas(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each checkpoint, fast commits
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,109 @@
+"""The tables shoal keeps: every run, step, model call, escalation and pending human decision.
+
+JSON columns hold pydantic dumps as text, so a row can be read back without shoal's classes
+(`sqlite3 shoal.db 'select * from modelcall'` is an operator's tool, as `llm logs` is).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlmodel import Field, SQLModel, UniqueConstraint
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Run(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    workflow: str = "task"
+    task: str
+    status: str = Field(default="pending", index=True)  # pending running waiting done failed cancelled
+    plan_json: str | None = None
+    result_json: str | None = None
+    error: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    model_calls: int = 0
+    escalations: int = 0
+    seconds: float = 0.0
+    owner_pid: int | None = None
+    created_at: datetime = Field(default_factory=now, index=True)
+    updated_at: datetime = Field(default_factory=now)
+
+
+class Step(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "step_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    step_id: str
+    specialist: str
+    instruction: str = ""
+    status: str = "done"  # done waiting failed
+    input_json: str = "{}"
+    output_json: str | None = None
+    confidence: float | None = None
+    first_confidence: float | None = None
+    evidence_json: str = "[]"
+    answered_by: str | None = None
+    model: str | None = None
+    error: str | None = None
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+
+
+class ModelCall(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str | None = Field(default=None, index=True)
+    step_id: str | None = None
+    model: str
+    request_json: str
+    reply_json: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    raw_text: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    confidence: float | None = None
+    created_at: datetime = Field(default_factory=now, index=True)
+
+
+class Escalation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str | None = Field(default=None, index=True)
+    step_id: str | None = None
+    specialist: str
+    rung: str
+    reason: str
+    confidence_before: float
+    confidence_after: float | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+    outcome: str
+    at: datetime = Field(default_factory=now, index=True)
+
+
+class Review(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    step_id: str
+    specialist: str
+    status: str = Field(default="pending", index=True)  # pending answered
+    question_json: str = "{}"
+    answer_json: str | None = None
+    answered_by: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    answered_at: datetime | None = None
+
+
+class Migration(SQLModel, table=True):
+    __tablename__ = "shoal_migration"
+
+    version: int = Field(primary_key=True)
+    name: str
+    applied_at: datetime = Field(default_factory=now)
