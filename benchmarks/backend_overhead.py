@@ -84,9 +84,7 @@ async def main(n: int) -> None:
                 out[0] = (await backend.chat(request)).text
                 shoal_s.append(time.perf_counter() - started)
             elif which == 1:
-                out[1] = direct.create_chat_completion(**llama_kwargs(request))["choices"][0]["message"][
-                    "content"
-                ]
+                out[1] = direct.create_chat_completion(**llama_kwargs(request))["choices"][0]["message"]["content"]
                 direct_s.append(time.perf_counter() - started)
             else:
                 lean.create_chat_completion(**llama_kwargs(request))
@@ -94,8 +92,7 @@ async def main(n: int) -> None:
         tokens_equal += out[0] == out[1]
 
     med = {
-        name: statistics.median(v) * 1000
-        for name, v in [("shoal", shoal_s), ("direct", direct_s), ("lean", lean_s)]
+        name: statistics.median(v) * 1000 for name, v in [("shoal", shoal_s), ("direct", direct_s), ("lean", lean_s)]
     }
     table = Table(title=f"EmbeddedBackend vs llama_cpp, {n} schema-constrained prompts, SmolLM2-135M Q4_1")
     table.add_column("path")
@@ -113,9 +110,7 @@ async def main(n: int) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(
-        f"ratio shoal / direct (median): [bold]{med['shoal'] / med['direct']:.3f}[/bold] (goal <= 1.03)"
-    )
+    console.print(f"ratio shoal / direct (median): [bold]{med['shoal'] / med['direct']:.3f}[/bold] (goal <= 1.03)")
     console.print(f"cost of logits_all (direct / lean): {med['direct'] / med['lean']:.3f}")
     console.print(f"identical outputs shoal vs direct: {tokens_equal}/{n}")
     del loaded

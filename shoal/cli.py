@@ -42,9 +42,7 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="shoal.toml to use (default: SHOAL_CONFIG, ./shoal.toml, user config dir)"
-    ),
+    typer.Option("--config", "-c", help="shoal.toml to use (default: SHOAL_CONFIG, ./shoal.toml, user config dir)"),
 ]
 
 _FIELD_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "list": list[str]}
@@ -75,9 +73,7 @@ def fields_model(spec: str) -> type[BaseModel]:
 @app.command()
 def ask(
     prompt: Annotated[str, typer.Argument(help="What to ask; '-' reads standard input.")],
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="backend:model, e.g. ollama:qwen2.5:3b")
-    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="backend:model, e.g. ollama:qwen2.5:3b")] = None,
     fields: Annotated[
         str | None,
         typer.Option(help="Structured answer with these fields, e.g. 'order_id:str,urgent:bool'."),
@@ -144,9 +140,7 @@ def _print_report(report: Any, as_json: bool) -> None:
 @app.command()
 def run(
     task: Annotated[str, typer.Argument(help="The task; '-' reads standard input.")],
-    plan: Annotated[
-        Path | None, typer.Option(help="A plan (JSON) to run instead of asking the planner.")
-    ] = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan (JSON) to run instead of asking the planner.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -203,9 +197,7 @@ def runs(
 @app.command()
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-    calls: Annotated[
-        bool, typer.Option("--calls", help="Print every model call's prompt and reply.")
-    ] = False,
+    calls: Annotated[bool, typer.Option("--calls", help="Print every model call's prompt and reply.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """A run's steps with confidence and evidence, its escalations and its model calls."""
@@ -213,9 +205,7 @@ def show(
 
     store = Store(_settings(config).db_path)
     run = store.find_run(run_id)
-    console.print(
-        f"[bold]run {run.id}[/bold]  {run.status}  {run.workflow}  {run.created_at:%Y-%m-%d %H:%M:%S}"
-    )
+    console.print(f"[bold]run {run.id}[/bold]  {run.status}  {run.workflow}  {run.created_at:%Y-%m-%d %H:%M:%S}")
     console.print(f"task: {run.task if len(run.task) < 500 else run.task[:500] + '…'}")
     if run.error:
         console.print(f"[red]error: {run.error}[/red]")
@@ -232,9 +222,7 @@ def show(
     ):
         steps.add_column(column, overflow="fold")
     for step in store.steps(run.id):
-        evidence = "; ".join(
-            f"{e['name']}={e['value']:.2f} {e['detail']}" for e in json.loads(step.evidence_json)
-        )
+        evidence = "; ".join(f"{e['name']}={e['value']:.2f} {e['detail']}" for e in json.loads(step.evidence_json))
         steps.add_row(
             step.step_id,
             step.specialist,
@@ -283,9 +271,7 @@ def show(
         for call in rows:
             console.rule(f"call {call.id}: {call.model} (step {call.step_id})")
             console.print_json(call.request_json)
-            console.print_json(
-                call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text})
-            )
+            console.print_json(call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text}))
     console.print(
         f"{run.model_calls} model calls, {run.escalations} escalations, {run.tokens_in}+{run.tokens_out} tokens, "
         f"${run.cost_usd:.4f} frontier, {run.seconds:.1f}s"
@@ -294,9 +280,7 @@ def show(
 
 @app.command()
 def review(
-    review_id: Annotated[
-        int | None, typer.Argument(help="The review to answer; none lists pending ones.")
-    ] = None,
+    review_id: Annotated[int | None, typer.Argument(help="The review to answer; none lists pending ones.")] = None,
     answer: Annotated[
         str | None,
         typer.Option(help="The answer: JSON of the specialist's output, or a label for a classifier."),
@@ -337,9 +321,7 @@ def review(
     if accept:
         value: Any = json.loads(row.question_json).get("best_answer")
         if value is None:
-            raise typer.BadParameter(
-                "the models gave no answer to accept; give --answer", param_hint="--accept"
-            )
+            raise typer.BadParameter("the models gave no answer to accept; give --answer", param_hint="--accept")
     elif answer is not None:
         try:
             value = json.loads(answer)
@@ -357,9 +339,7 @@ def eval_(
     text: Annotated[str, typer.Option("--text", help="Column (or key) holding the text.")] = "text",
     label: Annotated[str, typer.Option("--label", help="Column (or key) holding the gold label.")] = "label",
     split: Annotated[str, typer.Option(help="Split of a CLINC150-style JSON file.")] = "test",
-    per_label: Annotated[
-        int | None, typer.Option(help="Stratified sample: at most this many rows per label.")
-    ] = None,
+    per_label: Annotated[int | None, typer.Option(help="Stratified sample: at most this many rows per label.")] = None,
     out_of_scope: Annotated[
         int | None, typer.Option("--oos", help="At most this many out-of-scope rows (CLINC150 'oos').")
     ] = None,
@@ -507,9 +487,7 @@ def models(
             try:
                 backend = build_backend(name, settings)
             except ShoalError as exc:
-                results.append(
-                    {"backend": name, "reachable": False, "where": "", "reason": str(exc), "models": []}
-                )
+                results.append({"backend": name, "reachable": False, "where": "", "reason": str(exc), "models": []})
                 continue
             try:
                 results.append((await backend.health()).model_dump())
@@ -536,9 +514,7 @@ def models(
         )
         table.add_row(row["backend"], status, row["where"], names or "-")
     console.print(table)
-    console.print(
-        f"default model: [bold]{settings.default_model}[/bold]   frontier: {settings.frontier_model or '-'}"
-    )
+    console.print(f"default model: [bold]{settings.default_model}[/bold]   frontier: {settings.frontier_model or '-'}")
 
 
 @models_app.command("pull")

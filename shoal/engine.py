@@ -49,9 +49,7 @@ class Entities(BaseModel):
     """What the general-purpose extractor pulls out of text."""
 
     names: list[str] = Field(default_factory=list, max_length=5, description="people and organisations named")
-    ids: list[str] = Field(
-        default_factory=list, max_length=5, description="order, invoice, account or ticket numbers"
-    )
+    ids: list[str] = Field(default_factory=list, max_length=5, description="order, invoice, account or ticket numbers")
     emails: list[str] = Field(default_factory=list, max_length=5, description="email addresses")
     amounts: list[str] = Field(default_factory=list, max_length=5, description="money amounts with currency")
     dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
@@ -93,9 +91,7 @@ def check_task(task: str | bytes, limit: int) -> str:
         try:
             task = task.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise TaskError(
-                f"the task is not UTF-8 text (byte {exc.start} is {task[exc.start]:#04x})"
-            ) from None
+            raise TaskError(f"the task is not UTF-8 text (byte {exc.start} is {task[exc.start]:#04x})") from None
     if "\x00" in task:
         raise TaskError("the task contains NUL bytes: it looks like binary data, not text")
     if not task.strip():
@@ -126,8 +122,7 @@ class Shoal:
         self.ledger = StoreLedger(self.store)
         self.specialists = specialists or self.default_specialists()
         descriptions = {
-            name: DESCRIPTIONS.get(name, getattr(s, "description", name))
-            for name, s in self.specialists.items()
+            name: DESCRIPTIONS.get(name, getattr(s, "description", name)) for name, s in self.specialists.items()
         }
         self.planner = Planner(
             self.router,
@@ -191,9 +186,7 @@ class Shoal:
                 s.model_for("summarizer"),
                 threshold=threshold("summarizer", Summarizer.default_threshold),
             ),
-            "coder": Coder(
-                self.router, s.model_for("coder"), threshold=threshold("coder", Coder.default_threshold)
-            ),
+            "coder": Coder(self.router, s.model_for("coder"), threshold=threshold("coder", Coder.default_threshold)),
         }
 
     # --- wiring ---------------------------------------------------------------------------
@@ -300,20 +293,14 @@ class Shoal:
 
     def _validate_answer(self, specialist: str, answer: Any) -> Any:
         if specialist == "planner":
-            return (
-                Plan.model_validate(answer)
-                .check(list(self.specialists), self.settings.max_plan_steps)
-                .model_dump()
-            )
+            return Plan.model_validate(answer).check(list(self.specialists), self.settings.max_plan_steps).model_dump()
         output_type = self.specialists[specialist].output_type
         if isinstance(answer, str) and "label" in output_type.model_fields:
             answer = {"label": answer, "labels": [answer]}
         try:
             return output_type.model_validate(answer).model_dump(mode="json")
         except ValueError as exc:
-            raise TaskError(
-                f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}"
-            ) from None
+            raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
 
     async def _drive(self, run_id: str, state: Any) -> RunReport:
         async with self._using_graph() as graph:

@@ -147,9 +147,7 @@ def expected_calibration_error(predictions: Sequence[Prediction], bins: int = 10
     error = 0.0
     for b in range(bins):
         low, high = b / bins, (b + 1) / bins
-        inside = [
-            p for p in predictions if low <= p.confidence < high or (b == bins - 1 and p.confidence == 1.0)
-        ]
+        inside = [p for p in predictions if low <= p.confidence < high or (b == bins - 1 and p.confidence == 1.0)]
         if inside:
             accuracy = sum(p.correct for p in inside) / len(inside)
             confidence = sum(p.confidence for p in inside) / len(inside)

@@ -75,9 +75,7 @@ def fake_server() -> Iterator[FakeServer]:
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
                 return
-            payload = (
-                answer.body.encode() if isinstance(answer.body, str) else json.dumps(answer.body).encode()
-            )
+            payload = answer.body.encode() if isinstance(answer.body, str) else json.dumps(answer.body).encode()
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(payload)))

@@ -12,9 +12,7 @@ import pytest
 from httpfake import Answer, FakeServer, free_port
 
 
-def shoal(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def shoal(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shoal.cli", *args],
         capture_output=True,

@@ -85,9 +85,7 @@ def ask(text: str, schema: type[BaseModel] | None, **kw: object) -> ChatRequest:
     )
 
 
-@pytest.mark.parametrize(
-    ("text", "schema"), PROMPTS, ids=[s.__name__ + str(i) for i, (_, s) in enumerate(PROMPTS)]
-)
+@pytest.mark.parametrize(("text", "schema"), PROMPTS, ids=[s.__name__ + str(i) for i, (_, s) in enumerate(PROMPTS)])
 async def test_schema_constrained_replies_validate(
     backend: EmbeddedBackend, text: str, schema: type[BaseModel]
 ) -> None:

@@ -41,9 +41,7 @@ def frontier_reply(label: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "logprobs": {
-                    "content": [{"token": content, "logprob": 0.0, "bytes": None, "top_logprobs": []}]
-                },
+                "logprobs": {"content": [{"token": content, "logprob": 0.0, "bytes": None, "top_logprobs": []}]},
                 "finish_reason": "stop",
             }
         ],
@@ -60,15 +58,11 @@ def router(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> ModelRouter:
 
 
 def classifier(router: ModelRouter) -> Classifier:
-    return Classifier(
-        router, "embedded:smollm2-135m", categories(), instruction="Classify the support request."
-    )
+    return Classifier(router, "embedded:smollm2-135m", categories(), instruction="Classify the support request.")
 
 
 @pytest.mark.embedded
-async def test_frontier_called_exactly_for_items_below_threshold(
-    server: FakeServer, router: ModelRouter
-) -> None:
+async def test_frontier_called_exactly_for_items_below_threshold(server: FakeServer, router: ModelRouter) -> None:
     rows = sample(8)
     spec = classifier(router)
     firsts = [await spec.run(TextInput(text=r["instruction"])) for r in rows]
@@ -139,16 +133,12 @@ async def test_budget_exhaustion_sends_items_to_the_human_rung(
     outcomes = [await ladder.run(spec, TextInput(text=t)) for t in ("one", "two", "three")]
     # the check comes before each call: two calls fit under $0.0005 before it is spent
     assert [o.answered_by for o in outcomes] == ["frontier", "frontier", None]
-    assert outcomes[0].output == Classification(
-        label="B", labels=["B"], distribution={"B": 1.0, "A": 0.0}, margin=1.0
-    )
+    assert outcomes[0].output == Classification(label="B", labels=["B"], distribution={"B": 1.0, "A": 0.0}, margin=1.0)
     assert budget.run_spent == pytest.approx(0.0009) and await ledger.spent_today() == pytest.approx(0.0009)
     last = outcomes[2]
     assert last.status == "needs_human"
     assert [e.rung for e in last.escalations] == [Rung.FRONTIER, Rung.HUMAN]
-    assert (
-        last.escalations[0].outcome == "skipped" and "run frontier budget spent" in last.escalations[0].reason
-    )
+    assert last.escalations[0].outcome == "skipped" and "run frontier budget spent" in last.escalations[0].reason
     assert last.escalations[1].outcome == "pending"
     assert len(server.bodies(PATH)) == 2
 
@@ -158,9 +148,7 @@ async def test_daily_budget(server: FakeServer, monkeypatch: pytest.MonkeyPatch)
     spec = Classifier(router, "scripted:small", ["A", "B"])
     ledger = MemoryLedger()
     await ledger.add(5.0)
-    ladder = Ladder(
-        LadderConfig(threshold=0.7, frontier=FRONTIER), budget=Budget(per_day_usd=5.0, ledger=ledger)
-    )
+    ladder = Ladder(LadderConfig(threshold=0.7, frontier=FRONTIER), budget=Budget(per_day_usd=5.0, ledger=ledger))
     outcome = await ladder.run(spec, TextInput(text="x"))
     assert outcome.status == "needs_human" and "daily frontier budget" in outcome.escalations[0].reason
     assert server.bodies(PATH) == []
@@ -196,9 +184,7 @@ async def test_invalid_frontier_output_goes_to_a_person(
 
 
 async def test_resampling_agreement_is_the_confidence() -> None:
-    small = ScriptedBackend(
-        ['{"label": "A"}', '{"label": "A"}', '{"label": "A"}', '{"label": "B"}', '{"label": "A"}']
-    )
+    small = ScriptedBackend(['{"label": "A"}', '{"label": "A"}', '{"label": "A"}', '{"label": "B"}', '{"label": "A"}'])
     spec = Classifier(ModelRouter(lambda _: small), "scripted:small", ["A", "B"])
     ladder = Ladder(LadderConfig(threshold=0.7, resample=4, human=False))
     outcome = await ladder.run(spec, TextInput(text="x"))
@@ -209,7 +195,5 @@ async def test_resampling_agreement_is_the_confidence() -> None:
 
     split = ScriptedBackend(['{"label": "A"}', '{"label": "B"}', '{"label": "A"}', '{"label": "B"}'])
     spec = Classifier(ModelRouter(lambda _: split), "scripted:small", ["A", "B"])
-    outcome = await Ladder(LadderConfig(threshold=0.7, resample=3, human=False)).run(
-        spec, TextInput(text="x")
-    )
+    outcome = await Ladder(LadderConfig(threshold=0.7, resample=3, human=False)).run(spec, TextInput(text="x"))
     assert outcome.status == "failed" and outcome.result.confidence == 0.5

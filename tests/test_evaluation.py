@@ -70,9 +70,7 @@ def test_loaders(tmp_path: Path) -> None:
 def test_shoal_eval_on_clinc150(tmp_path: Path) -> None:
     out = tmp_path / "predictions.jsonl"
     args = [sys.executable, "-m", "shoal.cli", "eval", str(CLINC), "--per-label", "1", "--oos", "8", "--json"]
-    first = subprocess.run(
-        [*args, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=900
-    )
+    first = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert result["n"] == 158 and result["n_out_of_scope"] == 8

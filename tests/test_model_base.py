@@ -72,9 +72,7 @@ def test_chat_request_validates() -> None:
         ChatRequest(model="m", messages=[])
     with pytest.raises(ValueError):
         ChatRequest(model="m", messages=[Message(role="user", content="x")], top_logprobs=50)
-    record = ChatRequest(
-        model="m", messages=[Message(role="user", content="x")], output_schema=Point
-    ).as_record()
+    record = ChatRequest(model="m", messages=[Message(role="user", content="x")], output_schema=Point).as_record()
     assert record["output_schema"]["required"] == ["x", "y"]
 
 

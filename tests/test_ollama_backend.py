@@ -55,13 +55,9 @@ async def test_success_with_schema_and_logprobs(server: FakeServer, fast_retry: 
             "top_logprobs": [{"token": "{", "logprob": -0.01}, {"token": "```", "logprob": -4.6}],
         }
     ]
-    server.add(
-        "/api/chat", Answer(body=chat_body('{"category": "ORDER", "order_id": "42"}', logprobs=logprobs))
-    )
+    server.add("/api/chat", Answer(body=chat_body('{"category": "ORDER", "order_id": "42"}', logprobs=logprobs)))
     backend = OllamaBackend(server.url, retry=fast_retry, keep_alive="10m", num_ctx=4096)
-    reply = await backend.chat(
-        request(output_schema=Ticket, logprobs=True, top_logprobs=2, seed=7, max_tokens=64)
-    )
+    reply = await backend.chat(request(output_schema=Ticket, logprobs=True, top_logprobs=2, seed=7, max_tokens=64))
     await backend.aclose()
 
     assert reply.parsed == Ticket(category="ORDER", order_id="42")
@@ -76,9 +72,7 @@ async def test_success_with_schema_and_logprobs(server: FakeServer, fast_retry: 
     assert sent["stream"] is False
 
 
-async def test_model_not_pulled_names_the_fix_and_is_not_retried(
-    server: FakeServer, fast_retry: RetryPolicy
-) -> None:
+async def test_model_not_pulled_names_the_fix_and_is_not_retried(server: FakeServer, fast_retry: RetryPolicy) -> None:
     server.always("/api/chat", Answer(404, {"error": 'model "qwen2.5:3b" not found, try pulling it first'}))
     backend = OllamaBackend(server.url, retry=fast_retry)
     with pytest.raises(ModelNotFoundError, match=r"ollama pull qwen2\.5:3b"):
@@ -132,9 +126,7 @@ async def test_malformed_json_body(server: FakeServer, fast_retry: RetryPolicy) 
         await backend.chat(request())
 
 
-async def test_reply_that_breaks_the_schema_keeps_the_raw_text(
-    server: FakeServer, fast_retry: RetryPolicy
-) -> None:
+async def test_reply_that_breaks_the_schema_keeps_the_raw_text(server: FakeServer, fast_retry: RetryPolicy) -> None:
     server.add("/api/chat", Answer(body=chat_body('{"category": 3}')))
     backend = OllamaBackend(server.url, retry=fast_retry)
     with pytest.raises(SchemaValidationError) as info:
@@ -194,9 +186,7 @@ async def test_list_and_pull_with_progress(server: FakeServer) -> None:
 async def test_pull_error_mid_stream(server: FakeServer) -> None:
     server.add(
         "/api/pull",
-        Answer(
-            stream=[{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
-        ),
+        Answer(stream=[{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]),
     )
     backend = OllamaBackend(server.url, retry=RetryPolicy(attempts=1))
     with pytest.raises(ModelNotFoundError, match="ollama pull nosuch"):

@@ -71,9 +71,7 @@ async def test_success_with_schema_logprobs_and_cost(server: FakeServer, fast_re
             "top_logprobs": [{"token": "{", "logprob": -0.002, "bytes": [123]}],
         }
     ]
-    server.add(
-        "/v1/chat/completions", Answer(body=completion('{"category":"ORDER","order_id":"42"}', logprobs=lp))
-    )
+    server.add("/v1/chat/completions", Answer(body=completion('{"category":"ORDER","order_id":"42"}', logprobs=lp)))
     b = backend(server, fast_retry)
     reply = await b.chat(request(output_schema=Ticket, logprobs=True, top_logprobs=1, seed=3))
     await b.aclose()

@@ -38,9 +38,7 @@ async def test_memory_bomb(sandbox: Sandbox) -> None:
 
 
 async def test_fork_bomb(sandbox: Sandbox) -> None:
-    code = (
-        "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n"
-    )
+    code = "import os, time\nwhile True:\n    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n"
     result = await sandbox.run(code)
     assert result.limit_hit == "processes" and not result.ok
     # and nothing of it outlives the run
@@ -85,9 +83,7 @@ async def test_no_network(sandbox: Sandbox) -> None:
 
 async def test_api_keys_do_not_leak(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
-    result = await sandbox.run(
-        "import os\nprint(os.environ.get('OPENAI_API_KEY'))\nprint(sorted(os.environ))"
-    )
+    result = await sandbox.run("import os\nprint(os.environ.get('OPENAI_API_KEY'))\nprint(sorted(os.environ))")
     assert "sk-very-secret" not in result.stdout and result.stdout.startswith("None")
     assert "OPENAI_API_KEY" in os.environ  # the caller's environment is untouched
 

@@ -65,9 +65,7 @@ async def test_classifier_on_bitext_categories(router: ModelRouter) -> None:
 
 @pytest.mark.embedded
 async def test_multi_label_classifier(router: ModelRouter) -> None:
-    classifier = Classifier(
-        router, SMOL, {"refund": "money back", "delivery": "shipping, parcels"}, multi_label=True
-    )
+    classifier = Classifier(router, SMOL, {"refund": "money back", "delivery": "shipping, parcels"}, multi_label=True)
     result = await classifier.run({"text": "Where is my parcel? And I want my money back."})
     assert result.ok and result.output is not None
     assert set(result.output.labels) <= {"refund", "delivery"} and result.output.labels
@@ -88,9 +86,7 @@ async def test_extractor_grounds_order_ids(router: ModelRouter) -> None:
         if value:
             in_text = value.lower() in row["instruction"].lower()
             assert (signals["grounded"].value == 1.0) == in_text
-        expected = (
-            signals["required"].value * signals["grounded"].value * (0.4 + 0.6 * signals["token_p"].value)
-        )
+        expected = signals["required"].value * signals["grounded"].value * (0.4 + 0.6 * signals["token_p"].value)
         assert result.confidence == pytest.approx(expected)
         seen.add(round(result.confidence, 4))
     assert len(seen) > 1
@@ -175,9 +171,7 @@ async def test_coder_confidence_follows_the_tests() -> None:
 MALFORMED = ["{not json", '{"label": 3}', "", "x" * 1_000_000, '{"summary": 12}', '{"code": null}']
 
 
-@pytest.mark.parametrize(
-    "answer", MALFORMED, ids=["invalid", "wrong-type", "empty", "1MB", "wrong-field", "null"]
-)
+@pytest.mark.parametrize("answer", MALFORMED, ids=["invalid", "wrong-type", "empty", "1MB", "wrong-field", "null"])
 async def test_malformed_replies_become_zero_confidence(answer: str) -> None:
     router = scripted(*([answer] * 4))
     specialists = [
@@ -212,9 +206,7 @@ async def test_classifier_without_logprobs_says_so() -> None:
         )
 
     backend = ScriptedBackend(answer)
-    result = await Classifier(ModelRouter(lambda _: backend), "scripted:x", ["A", "B"]).run(
-        TextInput(text="t")
-    )
+    result = await Classifier(ModelRouter(lambda _: backend), "scripted:x", ["A", "B"]).run(TextInput(text="t"))
     assert result.confidence == 0.0 and "no token probabilities" in result.explain()
 
 

@@ -48,9 +48,7 @@ CHAIN = {
 def settings(db: Path, *, threshold: float = 0.0) -> Settings:
     """Every specialist accepted at `threshold` (0: never escalates), no frontier key."""
     s = Settings.load(env={"SHOAL_DB": str(db)})
-    s.specialists = {
-        n: SpecialistSettings(threshold=threshold) for n in ("classifier", "extractor", "summarizer")
-    }
+    s.specialists = {n: SpecialistSettings(threshold=threshold) for n in ("classifier", "extractor", "summarizer")}
     return s
 
 
@@ -85,9 +83,7 @@ async def test_two_specialists_end_to_end(tmp_path: Path) -> None:
     assert all(json.loads(c.request_json)["messages"] and c.reply_json for c in calls)
     # a finished run's LangGraph snapshots are pruned; shoal's rows keep its history
     with store.engine.connect() as conn:
-        left = conn.exec_driver_sql(
-            "SELECT count(*) FROM checkpoints WHERE thread_id = ?", (report.run_id,)
-        ).scalar()
+        left = conn.exec_driver_sql("SELECT count(*) FROM checkpoints WHERE thread_id = ?", (report.run_id,)).scalar()
     assert left == 0
 
     shown = shoal_cli("show", report.run_id[:6], db=db)
@@ -271,9 +267,7 @@ def test_two_processes_share_one_database(tmp_path: Path) -> None:
     ],
     ids=["empty", "blank", "10MB", "binary", "nul"],
 )
-async def test_bad_tasks_are_refused_before_anything_is_written(
-    tmp_path: Path, task: Any, match: str
-) -> None:
+async def test_bad_tasks_are_refused_before_anything_is_written(tmp_path: Path, task: Any, match: str) -> None:
     shoal = Shoal(settings(tmp_path / "shoal.db"))
     with pytest.raises(TaskError, match=match):
         await shoal.run(task, plan=TWO)
@@ -352,9 +346,7 @@ async def test_a_plan_naming_an_unknown_specialist_is_refused(tmp_path: Path) ->
     report = await shoal.run(TICKET)
     assert report.status == "waiting" and report.reviews[0].specialist == "planner"
     with pytest.raises(PlanError, match="unknown specialist 'poet'"):
-        await shoal.review(
-            report.reviews[0].id, {"steps": [{"id": "a", "specialist": "poet", "inputs": ["task"]}]}
-        )
+        await shoal.review(report.reviews[0].id, {"steps": [{"id": "a", "specialist": "poet", "inputs": ["task"]}]})
     assert [r.id for r in shoal.store.reviews()] == [report.reviews[0].id], "still waiting for a good answer"
     await shoal.aclose()
 

@@ -245,9 +245,7 @@ class Ladder:
                     outcome="pending",
                 ),
             )
-            return Outcome(
-                status="needs_human", answered_by=None, result=best, first=first, escalations=escalations
-            )
+            return Outcome(status="needs_human", answered_by=None, result=best, first=first, escalations=escalations)
         return Outcome(status="failed", answered_by=None, result=best, first=first, escalations=escalations)
 
     async def _resample(self, specialist: Specialist[Any, Out], data: Any, first: Result[Out]) -> Result[Out]:
@@ -255,9 +253,7 @@ class Ladder:
         k = self.config.resample
         samples = [first]
         for seed in range(1, k + 1):  # sequential: a local model serves one call at a time anyway
-            samples.append(
-                await specialist.run(data, temperature=self.config.resample_temperature, seed=seed)
-            )
+            samples.append(await specialist.run(data, temperature=self.config.resample_temperature, seed=seed))
         usable = [s for s in samples if s.ok and s.output is not None]
         calls = [c for s in samples[1:] for c in s.calls]
         if not usable:
@@ -319,6 +315,4 @@ def answer_by_human(outcome: Outcome[Out], answer: Out, *, who: str = "a person"
         e.model_copy(update={"outcome": "accepted", "confidence_after": 1.0}) if e.rung == Rung.HUMAN else e
         for e in outcome.escalations
     ]
-    return Outcome(
-        status="escalated", answered_by="human", result=result, first=outcome.first, escalations=escalations
-    )
+    return Outcome(status="escalated", answered_by="human", result=result, first=outcome.first, escalations=escalations)

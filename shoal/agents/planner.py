@@ -46,9 +46,7 @@ class Plan(BaseModel):
         ids = [s.id for s in self.steps]
         for step in self.steps:
             if not _ID.match(step.id) or step.id == TASK:
-                found.append(
-                    f"step id {step.id!r} must be a short name (letters, digits, _ or -), not '{TASK}'"
-                )
+                found.append(f"step id {step.id!r} must be a short name (letters, digits, _ or -), not '{TASK}'")
             if step.specialist not in registered:
                 known = ", ".join(registered)
                 found.append(f"step {step.id} names unknown specialist {step.specialist!r}; known: {known}")
@@ -153,9 +151,7 @@ class Planner(Specialist[TaskInput, Plan]):
             instruction=(str, Field(max_length=120)),
             inputs=(list[str], Field(max_length=4)),
         )
-        self._response = create_model(
-            "PlanReply", steps=(list[step], Field(min_length=1, max_length=max_steps))
-        )
+        self._response = create_model("PlanReply", steps=(list[step], Field(min_length=1, max_length=max_steps)))
 
     def response_type(self) -> type[BaseModel]:
         return self._response
@@ -169,9 +165,7 @@ class Planner(Specialist[TaskInput, Plan]):
             f"'{TASK}' for the task text and/or ids of earlier steps. Use as few steps as the task "
             f"needs (at most {self.max_steps}). Answer with JSON only."
         )
-        example_task = (
-            "Ticket: 'Order 123 arrived broken, I want my money back.' Categorise it and get the order id."
-        )
+        example_task = "Ticket: 'Order 123 arrived broken, I want my money back.' Categorise it and get the order id."
         example = (
             '{"steps": [{"id": "s1", "specialist": "classifier", "instruction": "categorise the ticket", '
             '"inputs": ["task"]}, {"id": "s2", "specialist": "extractor", "instruction": "get the order id", '
@@ -218,9 +212,7 @@ class Planner(Specialist[TaskInput, Plan]):
             output=plan,
             confidence=confidence,
             evidence=[
-                Signal(
-                    name="valid", value=1.0, detail=f"{len(plan.steps)} steps, acyclic, inputs resolvable"
-                ),
+                Signal(name="valid", value=1.0, detail=f"{len(plan.steps)} steps, acyclic, inputs resolvable"),
                 Signal(name="specialist_choice", value=confidence, detail=detail),
             ],
         )

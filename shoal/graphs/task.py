@@ -111,9 +111,7 @@ def build_input(
     )
 
 
-def call_rows(
-    run_id: str, step_id: str, calls: list[CallRecord], confidence: float | None
-) -> list[ModelCall]:
+def call_rows(run_id: str, step_id: str, calls: list[CallRecord], confidence: float | None) -> list[ModelCall]:
     rows = []
     for call in calls:
         reply = call.reply
@@ -147,15 +145,11 @@ def question(data: BaseModel, outcome: Outcome[Any]) -> dict[str, Any]:
     frontier = next((e for e in outcome.escalations if e.rung == "frontier" and e.outcome != "skipped"), None)
     return {
         "input": data.model_dump(mode="json"),
-        "small_answer": None
-        if outcome.first.output is None
-        else outcome.first.output.model_dump(mode="json"),
+        "small_answer": None if outcome.first.output is None else outcome.first.output.model_dump(mode="json"),
         "small_model": outcome.first.model,
         "confidence": outcome.first.confidence,
         "evidence": [s.model_dump() for s in outcome.first.evidence],
-        "best_answer": None
-        if outcome.result.output is None
-        else outcome.result.output.model_dump(mode="json"),
+        "best_answer": None if outcome.result.output is None else outcome.result.output.model_dump(mode="json"),
         "frontier": None if frontier is None else frontier.model_dump(mode="json"),
         "reasons": [e.reason for e in outcome.escalations],
     }
@@ -358,9 +352,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         return {
             "answer": {
                 "answer": {sid: results[sid]["output"] for sid in chosen.sinks() if sid in results},
-                "steps": {
-                    sid: results[sid]["output"] for sid in (s.id for s in chosen.steps) if sid in results
-                },
+                "steps": {sid: results[sid]["output"] for sid in (s.id for s in chosen.steps) if sid in results},
             }
         }
 
@@ -396,9 +388,7 @@ def _answer(review: Review, run_id: str, step_id: str) -> Any:
     return value["answer"] if isinstance(value, dict) and "answer" in value else value
 
 
-def _finish_human_step(
-    store: store_db.Store, run_id: str, step_id: str, output: BaseModel, review: Review
-) -> Step:
+def _finish_human_step(store: store_db.Store, run_id: str, step_id: str, output: BaseModel, review: Review) -> Step:
     row = store.finished_step(run_id, step_id)
     if row is None:
         raise PlanError(f"step {step_id} of run {run_id} has no row to finish")
@@ -411,9 +401,7 @@ def _finish_human_step(
         [{"name": "human", "value": 1.0, "detail": f"answered by {review.answered_by or 'a person'}"}]
     )
     human = [
-        e
-        for e in store.escalations(run_id)
-        if e.step_id == step_id and e.rung == "human" and e.outcome == "pending"
+        e for e in store.escalations(run_id) if e.step_id == step_id and e.rung == "human" and e.outcome == "pending"
     ]
     for item in human:
         item.outcome, item.confidence_after = "accepted", 1.0

@@ -59,8 +59,7 @@ class ModelRef(BaseModel):
             )
         if backend not in (*BACKENDS, "scripted"):
             raise ValueError(
-                f"model reference {text!r} names unknown backend {backend!r}; "
-                f"known backends: {', '.join(BACKENDS)}"
+                f"model reference {text!r} names unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}"
             )
         return cls.model_validate({"backend": backend, "name": name})
 

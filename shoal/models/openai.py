@@ -54,9 +54,7 @@ class OpenAIBackend:
         try:
             import openai
         except ImportError:
-            raise MissingExtraError(
-                "the OpenAI-compatible (frontier) backend", "frontier", "openai"
-            ) from None
+            raise MissingExtraError("the OpenAI-compatible (frontier) backend", "frontier", "openai") from None
         self._openai = openai
         self.base_url = base_url or "https://api.openai.com/v1"
         self.api_key_env = api_key_env
@@ -148,14 +146,12 @@ class OpenAIBackend:
             hint = (
                 f"set {self.api_key_env} to a valid key"
                 if self._has_key
-                else f"{self.api_key_env} is not set: export it, or name another variable in "
-                f"[openai] api_key_env"
+                else f"{self.api_key_env} is not set: export it, or name another variable in [openai] api_key_env"
             )
             return AuthenticationError(f"{where} refused the credentials: {hint}")
         if isinstance(exc, openai.NotFoundError):
             return ModelNotFoundError(
-                f"model '{model}' is not available at {where}: check the name after 'openai:' "
-                f"({_detail(exc)})"
+                f"model '{model}' is not available at {where}: check the name after 'openai:' ({_detail(exc)})"
             )
         if isinstance(exc, openai.RateLimitError):
             return ServerError(f"{where} is rate limiting: {_detail(exc)}")

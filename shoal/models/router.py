@@ -46,9 +46,7 @@ class ModelRouter:
             self._backends[name] = self._factory(name)
         return self._backends[name]
 
-    async def chat(
-        self, ref: ModelRef | str, request: ChatRequest, *, recorder: Recorder | None = None
-    ) -> Reply:
+    async def chat(self, ref: ModelRef | str, request: ChatRequest, *, recorder: Recorder | None = None) -> Reply:
         ref = ModelRef.parse(ref)
         if request.model != ref.name:
             request = request.model_copy(update={"model": ref.name})

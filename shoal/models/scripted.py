@@ -65,9 +65,7 @@ class ScriptedBackend:
         return reply
 
     async def health(self) -> BackendHealth:
-        return BackendHealth(
-            backend=self.name, reachable=True, where="in process", models=[ModelInfo(name="script")]
-        )
+        return BackendHealth(backend=self.name, reachable=True, where="in process", models=[ModelInfo(name="script")])
 
     async def aclose(self) -> None:
         return None

@@ -88,8 +88,7 @@ class Classifier(Specialist[TextInput, Classification]):
 
     def messages(self, data: TextInput) -> list[Message]:
         listing = "\n".join(
-            f"- {label}: {description}" if description else f"- {label}"
-            for label, description in self.labels.items()
+            f"- {label}: {description}" if description else f"- {label}" for label, description in self.labels.items()
         )
         key = "labels" if self.multi_label else "label"
         how = "Choose every label that applies." if self.multi_label else "Choose exactly one label."
@@ -131,9 +130,7 @@ class Classifier(Specialist[TextInput, Classification]):
             return Judgement(
                 output=Classification(label=chosen[0], labels=chosen),
                 confidence=0.0,
-                evidence=[
-                    Signal(name="logprobs", value=0.0, detail="could not find the label in the tokens")
-                ],
+                evidence=[Signal(name="logprobs", value=0.0, detail="could not find the label in the tokens")],
             )
         merged: dict[str, float] = {}
         for dist, _ in distributions:

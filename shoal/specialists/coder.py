@@ -105,9 +105,7 @@ class Coder(Specialist[CodeTask, CodeResult]):
             return Judgement(
                 output=result,
                 confidence=0.0,
-                evidence=[
-                    Signal(name="parses", value=0.0, detail=f"SyntaxError line {exc.lineno}: {exc.msg}")
-                ],
+                evidence=[Signal(name="parses", value=0.0, detail=f"SyntaxError line {exc.lineno}: {exc.msg}")],
             )
         marker = f".report-{secrets.token_hex(8)}.json"
         run = await self.sandbox.run(
@@ -116,9 +114,7 @@ class Coder(Specialist[CodeTask, CodeResult]):
         return self._score(result, run, marker, has_tests=bool(data.tests))
 
     @staticmethod
-    def _score(
-        result: CodeResult, run: SandboxResult, marker: str, *, has_tests: bool
-    ) -> Judgement[CodeResult]:
+    def _score(result: CodeResult, run: SandboxResult, marker: str, *, has_tests: bool) -> Judgement[CodeResult]:
         evidence = [Signal(name="parses", value=1.0, detail="valid Python")]
         raw = run.files.get(marker)
         if raw is None:
@@ -133,9 +129,7 @@ class Coder(Specialist[CodeTask, CodeResult]):
         evidence.append(Signal(name="runs", value=1.0, detail=f"loaded in {run.duration_s:.2f}s"))
         result.tests = [TestOutcome.model_validate(t) for t in report["tests"]]
         if not has_tests:
-            evidence.append(
-                Signal(name="tests", value=0.5, detail="no tests given: it runs, nothing checks it")
-            )
+            evidence.append(Signal(name="tests", value=0.5, detail="no tests given: it runs, nothing checks it"))
             return Judgement(output=result, confidence=0.5, evidence=evidence)
         passed = sum(t.passed for t in result.tests)
         failed = [f"{t.test} -> {t.error}" for t in result.tests if not t.passed]

@@ -91,9 +91,7 @@ class Extractor(Specialist[TextInput, M], Generic[M]):
         grounded_share = 1 - len(invented) / len(checkable) if checkable else 1.0
 
         tokens = TokenText(reply.logprobs)
-        probs = [
-            p for p in (self._value_prob(tokens, path, value) for path, value in checkable) if p is not None
-        ]
+        probs = [p for p in (self._value_prob(tokens, path, value) for path, value in checkable) if p is not None]
         token_p = sum(probs) / len(probs) if probs else None
         if token_p is None and tokens:
             # nothing to ground: how sure the model was of saying nothing is the signal left

@@ -256,9 +256,7 @@ class Sandbox:
         timed_out = False
         try:
             out, err = await asyncio.wait_for(asyncio.shield(readers), timeout=limits.wall_s)
-            await asyncio.wait_for(
-                proc.wait(), timeout=max(0.1, limits.wall_s - (time.perf_counter() - started))
-            )
+            await asyncio.wait_for(proc.wait(), timeout=max(0.1, limits.wall_s - (time.perf_counter() - started)))
         except TimeoutError:
             timed_out = True
             _kill(proc.pid)
@@ -277,9 +275,7 @@ class Sandbox:
             limit = "cpu"
         elif "MemoryError" in stderr or "Cannot allocate memory" in stderr:
             limit = "memory"
-        elif "Resource temporarily unavailable" in stderr and (
-            "fork" in stderr or "BlockingIOError" in stderr
-        ):
+        elif "Resource temporarily unavailable" in stderr and ("fork" in stderr or "BlockingIOError" in stderr):
             limit = "processes"
         return SandboxResult(
             exit_code=code,

@@ -154,9 +154,7 @@ class Store:
                     func.coalesce(func.sum(ModelCall.cost_usd), 0.0),
                 ).where(ModelCall.run_id == run_id)
             ).one()
-            escalations = session.exec(
-                select(func.count(col(Escalation.id))).where(Escalation.run_id == run_id)
-            ).one()
+            escalations = session.exec(select(func.count(col(Escalation.id))).where(Escalation.run_id == run_id)).one()
         return {
             "model_calls": calls[0],
             "tokens_in": calls[1],
@@ -213,17 +211,13 @@ class Store:
     def model_calls(self, run_id: str) -> list[ModelCall]:
         with self.session() as session:
             return list(
-                session.exec(
-                    select(ModelCall).where(ModelCall.run_id == run_id).order_by(col(ModelCall.id))
-                ).all()
+                session.exec(select(ModelCall).where(ModelCall.run_id == run_id).order_by(col(ModelCall.id))).all()
             )
 
     def escalations(self, run_id: str) -> list[Escalation]:
         with self.session() as session:
             return list(
-                session.exec(
-                    select(Escalation).where(Escalation.run_id == run_id).order_by(col(Escalation.id))
-                ).all()
+                session.exec(select(Escalation).where(Escalation.run_id == run_id).order_by(col(Escalation.id))).all()
             )
 
     # --- reviews --------------------------------------------------------------------------
@@ -275,9 +269,7 @@ class Store:
     def prune_checkpoints(self, run_id: str) -> int:
         """Drop LangGraph's snapshots of a finished run; shoal's own rows keep its history."""
         with self.engine.begin() as connection:
-            tables = {
-                r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
-            }
+            tables = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
             removed = 0
             for table in ("checkpoints", "writes"):
                 if table in tables:
