@@ -4,6 +4,8 @@
 when the TUI, the embedded backend or the frontier backend is first used.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from shoal.config import Settings
 from shoal.errors import (
     AuthenticationError,
@@ -35,6 +37,20 @@ from shoal.models import (
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from shoal.engine import RunReport, Shoal
+
+
+def __getattr__(name: str) -> Any:
+    # The engine pulls in LangGraph and the store; load it when first asked for, so that
+    # `import shoal` for the model layer alone stays quick.
+    if name in ("Shoal", "RunReport"):
+        from shoal import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthenticationError",
     "BackendUnavailableError",
@@ -53,9 +69,11 @@ __all__ = [
     "PermanentModelError",
     "Reply",
     "RetryPolicy",
+    "RunReport",
     "SchemaValidationError",
     "ServerError",
     "Settings",
+    "Shoal",
     "ShoalError",
     "TokenLogprob",
     "TransientModelError",

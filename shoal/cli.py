@@ -446,7 +446,7 @@ def _print_eval(result: Any, model: str, data: Path) -> None:
         table.add_column(column, justify="right")
     for row in result.table:
         table.add_row(
-            f"{row.threshold:.2f}",
+            f"{row.threshold:.3f}",
             f"{row.escalated:.1%}",
             "-" if row.accepted_accuracy is None else f"{row.accepted_accuracy:.3f}",
             f"{row.system_accuracy:.3f}",

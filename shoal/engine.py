@@ -136,6 +136,7 @@ class Shoal:
         self._graph: Any = None
         self._lock = asyncio.Lock()
         self._active = 0
+        self._fresh: set[str] = set()
 
     async def __aenter__(self) -> Shoal:
         return self
@@ -229,17 +230,28 @@ class Shoal:
                 await conn.execute("PRAGMA journal_mode=WAL")
                 saver = AsyncSqliteSaver(conn)
                 await saver.setup()
-                runtime = TaskRuntime(
-                    store=self.store,
-                    planner=self.planner,
-                    specialists=self.specialists,
-                    ladder_config=self.ladder_config,
-                    budget=self.budget,
-                    ledger=self.ledger,
-                    max_steps=self.settings.max_plan_steps,
-                )
-                self._graph = build_task_graph(runtime).compile(checkpointer=saver)
+                self._graph = build_task_graph(self._runtime()).compile(checkpointer=saver)
             return self._graph
+
+    def task_graph(self, checkpointer: Any = None) -> Any:
+        """The task graph compiled as a plain LangGraph graph, e.g. to use as a subgraph.
+
+        Without a checkpointer it uses its parent's. Its state: `run_id`, `task`, optionally
+        `plan`; the answer lands in `answer`. Steps are recorded in this Shoal's store.
+        """
+        return build_task_graph(self._runtime()).compile(checkpointer=checkpointer)
+
+    def _runtime(self) -> TaskRuntime:
+        return TaskRuntime(
+            store=self.store,
+            planner=self.planner,
+            specialists=self.specialists,
+            ladder_config=self.ladder_config,
+            budget=self.budget,
+            ledger=self.ledger,
+            max_steps=self.settings.max_plan_steps,
+            fresh=self._fresh,
+        )
 
     # --- running --------------------------------------------------------------------------
 
@@ -251,6 +263,7 @@ class Shoal:
             chosen = Plan.model_validate(plan).check(list(self.specialists), self.settings.max_plan_steps)
         run_id = uuid.uuid4().hex[:12]
         self.store.create_run(run_id, text)
+        self._fresh.add(run_id)
         if chosen is not None:
             self.store.update_run(run_id, plan_json=chosen.model_dump_json())
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
@@ -313,12 +326,15 @@ class Shoal:
         try:
             result = await graph.ainvoke(state, config, durability=self.settings.durability)
         except (ShoalError, PlanError) as exc:
+            self._fresh.discard(run_id)
             self._finish(run_id, "failed", started, error=str(exc))
             raise
         except BaseException as exc:
+            self._fresh.discard(run_id)
             # KeyboardInterrupt, cancellation: finished steps are saved; `shoal resume` goes on
             self._finish(run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
             raise
+        self._fresh.discard(run_id)  # from here on its rows exist and must be looked up
         if result.get("__interrupt__"):
             self._finish(run_id, "waiting", started)
         else:

@@ -180,9 +180,14 @@ def threshold_table(
 ) -> list[ThresholdRow]:
     n = len(predictions)
     oos = [p for p in predictions if p.gold == OUT_OF_SCOPE]
+    grid = {round(step / steps, 4) for step in range(steps + 1)}
+    # small models are often unsure of everything: deciles of the observed confidences add
+    # thresholds where the items actually are
+    ordered = sorted(p.confidence for p in predictions)
+    if ordered:
+        grid |= {round(ordered[min(len(ordered) - 1, len(ordered) * k // 10)], 4) for k in range(1, 10)}
     rows = []
-    for step in range(steps + 1):
-        t = round(step / steps, 4)
+    for t in sorted(grid):
         accepted = [p for p in predictions if p.confidence >= t and p.predicted is not None]
         escalated = n - len(accepted)
         correct = sum(p.correct for p in accepted)

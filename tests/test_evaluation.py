@@ -77,7 +77,7 @@ def test_shoal_eval_on_clinc150(tmp_path: Path) -> None:
     assert result["in_scope_accuracy"] > 3 / 150, "well above chance on 150 intents"
     assert 0.0 <= result["ece"] <= 1.0 and result["auroc"] is not None
     assert result["mean_confidence_out_of_scope"] < 0.5
-    assert len(result["table"]) == 21
+    assert 21 <= len(result["table"]) <= 30
     assert len(out.read_text().splitlines()) == 158
     # re-running resumes from the predictions file: nothing is classified twice
     again = subprocess.run(

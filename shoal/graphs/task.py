@@ -59,7 +59,8 @@ class TaskRuntime:
     budget: Callable[[str], Budget]
     ledger: store_db.StoreLedger | None = None
     max_steps: int = 6
-    _budgets: dict[str, Budget] = field(default_factory=dict)
+    # runs this process started from nothing: no step rows can exist yet, so no lookups
+    fresh: set[str] = field(default_factory=set)
 
     def ladder(self, run_id: str, name: str, threshold: float, sink: list[Escalation]) -> Ladder:
         async def keep(item: Escalation) -> None:
@@ -191,10 +192,14 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
 
     async def plan(state: RunState) -> dict[str, Any]:
         run_id = state["run_id"]
-        if state.get("plan"):
-            return {}
         run = store.get_run(run_id)
-        if run is not None and run.plan_json:
+        if run is None:  # the graph used as a subgraph of someone else's: keep the records anyway
+            run = store.create_run(run_id, state["task"])
+        if state.get("plan"):
+            if not run.plan_json:
+                store.update_run(run_id, plan_json=Plan.model_validate(state["plan"]).model_dump_json())
+            return {}
+        if run.plan_json:
             return {"plan": json.loads(run.plan_json)}
         existing = store.finished_step(run_id, "plan")
         if existing is not None and existing.status == "waiting":
@@ -288,7 +293,8 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
     async def step(payload: StepPayload) -> dict[str, Any]:
         run_id = payload["run_id"]
         spec = PlanStep.model_validate(payload["step"])
-        existing = store.finished_step(run_id, spec.id)
+        fresh = run_id in runtime.fresh
+        existing = None if fresh else store.finished_step(run_id, spec.id)
         if existing is not None and existing.status == "done":
             return {"results": {spec.id: outcome_of(existing)}}
         if existing is not None and existing.status == "waiting":
@@ -331,10 +337,10 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
                 specialist=spec.specialist,
                 question_json=json.dumps(question(data, outcome)),
             )
-            store.record_step(row, *rows, review=review)
+            store.record_step(row, *rows, review=review, new=fresh)
             return {"waiting": {spec.id: {"review_id": review.id}}}
         row.status = "done"
-        saved = store.record_step(row, *rows)
+        saved = store.record_step(row, *rows, new=fresh)
         return {"results": {spec.id: outcome_of(saved)}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:

@@ -6,6 +6,7 @@ recording, escalation and tests see one shape whatever answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -94,7 +95,7 @@ class ChatRequest(BaseModel):
         return value
 
     def json_schema(self) -> dict[str, Any] | None:
-        return None if self.output_schema is None else self.output_schema.model_json_schema()
+        return None if self.output_schema is None else schema_of(self.output_schema)
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-ready view for logs and the store (the schema class becomes its schema)."""
@@ -262,6 +263,13 @@ def _parse_structured(text: str, schema: type[M], model: str) -> M:
             raw_text=text,
             model=model,
         ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema, built once: pydantic rebuilds it on every call, and every
+    request and every record of a request needs it."""
+    return model.model_json_schema()
 
 
 def schema_name(schema: type[BaseModel]) -> str:

@@ -9,6 +9,7 @@ that cannot be used into a zero-confidence result, so a bad answer is escalated,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -179,6 +180,33 @@ class Specialist(ABC, Generic[In, Out]):
             calls=calls,
             error=why,
         )
+
+    def as_node(
+        self, *, input_key: str = "text", output_key: str | None = None
+    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        """This specialist as a node of your own LangGraph `StateGraph`.
+
+        The node reads `state[input_key]` (text, or a dict of the specialist's input fields)
+        and writes `state[output_key]` (default: the specialist's name) as a dict with the
+        output, the confidence and the evidence, so later nodes can branch on confidence.
+        """
+        key = output_key or self.name
+        field = next(iter(self.input_type.model_fields))
+
+        async def node(state: dict[str, Any]) -> dict[str, Any]:
+            value = state[input_key]
+            result = await self.run(value if isinstance(value, dict) else {field: value})
+            return {
+                key: {
+                    "output": None if result.output is None else result.output.model_dump(mode="json"),
+                    "confidence": result.confidence,
+                    "evidence": [str(s) for s in result.evidence],
+                    "model": result.model,
+                }
+            }
+
+        node.__name__ = f"{self.name}_node"
+        return node
 
     def agree(self, a: Out, b: Out) -> bool:
         """Whether two outputs count as the same answer (for self-consistency resampling)."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, text
+from sqlalchemy import event, func, insert, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
@@ -179,8 +179,16 @@ class Store:
         calls: Sequence[ModelCall],
         escalations: Sequence[Escalation],
         review: Review | None = None,
+        *,
+        new: bool = False,
     ) -> Step:
-        """A finished (or waiting) step with everything it cost, in one transaction."""
+        """A finished (or waiting) step with everything it cost, in one transaction.
+
+        `new`: the caller knows no row exists for this step yet (a run this process started),
+        so plain inserts do; otherwise the step row is updated in place.
+        """
+        if new:
+            return self._insert_step(step, calls, escalations, review)
         with self.session() as session:
             existing = session.exec(
                 select(Step).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
@@ -200,6 +208,22 @@ class Store:
                 session.add(review)
             session.commit()
             return step
+
+    def _insert_step(
+        self, step: Step, calls: Sequence[ModelCall], escalations: Sequence[Escalation], review: Review | None
+    ) -> Step:
+        # Core inserts: the ORM's unit of work costs more than the write itself on this path
+        with self.engine.begin() as connection:
+            step.id = connection.execute(insert(Step), step.model_dump(exclude={"id"})).inserted_primary_key[0]  # type: ignore[index]
+            if calls:
+                connection.execute(insert(ModelCall), [c.model_dump(exclude={"id"}) for c in calls])
+            if escalations:
+                connection.execute(insert(Escalation), [e.model_dump(exclude={"id"}) for e in escalations])
+            if review is not None:
+                review.id = connection.execute(insert(Review), review.model_dump(exclude={"id"})).inserted_primary_key[
+                    0
+                ]  # type: ignore[index]
+        return step
 
     def record_calls(self, calls: Sequence[ModelCall]) -> None:
         if not calls:
