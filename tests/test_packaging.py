@@ -43,3 +43,21 @@ def test_missing_extra_names_the_install_command(monkeypatch: object) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'shoal[embedded]'" in out.stdout
+
+
+async def test_the_readme_custom_specialist_works() -> None:
+    from shoal.models.router import ModelRouter
+    from shoal.models.scripted import ScriptedBackend
+    from shoal.specialists import TextInput
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("from pydantic import BaseModel\nfrom shoal.models import Message, Reply")
+    namespace: dict[str, object] = {}
+    exec(readme[start : readme.index("```", start)], namespace)
+    backend = ScriptedBackend(
+        ['{"reply": "Sorry about that, a refund is on its way to you today."}', '{"reply": "No."}']
+    )
+    drafter = namespace["Drafter"](ModelRouter(lambda _: backend), "scripted:x")  # type: ignore[operator]
+    good = await drafter.run(TextInput(text="where is my refund"))
+    short = await drafter.run(TextInput(text="where is my refund"))
+    assert good.confidence == 0.8 and short.confidence == 0.2 and "words" in short.explain()

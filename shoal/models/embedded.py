@@ -8,6 +8,8 @@ in a worker thread: the event loop stays free while a model generates.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -128,6 +130,16 @@ class _LoadedModel:
 
 _LOADED: dict[tuple[Path, int, int], _LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
+
+
+@atexit.register
+def _unload_all() -> None:
+    """Free models while the interpreter is whole; llama.cpp's finaliser fails at shutdown."""
+    with _LOADED_LOCK:
+        for loaded in _LOADED.values():
+            with contextlib.suppress(Exception):
+                loaded.llama.close()
+        _LOADED.clear()
 
 
 def load_llama(path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int) -> _LoadedModel:
