@@ -135,8 +135,8 @@ class Shoal:
         self._exit = AsyncExitStack()
         self._graph: Any = None
         self._lock = asyncio.Lock()
-        self._active = 0
         self._fresh: set[str] = set()
+        self._ladder_configs: dict[tuple[str, float], LadderConfig] = {}
 
     async def __aenter__(self) -> Shoal:
         return self
@@ -146,18 +146,7 @@ class Shoal:
 
     @asynccontextmanager
     async def _using_graph(self) -> AsyncIterator[Any]:
-        """The graph while work is under way; the checkpointer's connection closes after the
-        last piece of work, so a script that never calls `aclose()` still exits."""
-        self._active += 1
-        try:
-            yield await self.graph()
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                async with self._lock:
-                    if self._active == 0:
-                        await self._exit.aclose()
-                        self._graph = None
+        yield await self.graph()
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> Shoal:
@@ -193,6 +182,12 @@ class Shoal:
     # --- wiring ---------------------------------------------------------------------------
 
     def ladder_config(self, name: str, threshold: float) -> LadderConfig:
+        key = (name, threshold)
+        if key not in self._ladder_configs:  # built once per specialist, not once per step
+            self._ladder_configs[key] = self._build_ladder_config(threshold)
+        return self._ladder_configs[key]
+
+    def _build_ladder_config(self, threshold: float) -> LadderConfig:
         e = self.settings.escalation
         frontier = self.settings.frontier_model
         unavailable = None
@@ -223,9 +218,13 @@ class Shoal:
         """The compiled task graph with the SQLite checkpointer (one per process)."""
         async with self._lock:
             if self._graph is None:
-                conn = await self._exit.enter_async_context(
-                    aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
-                )
+                connecting = aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
+                # aiosqlite's worker thread would keep a script that never calls aclose() alive
+                # after its last await; as a daemon it does not (every write is awaited first)
+                worker = getattr(connecting, "_thread", None)
+                if worker is not None and not worker.is_alive():
+                    worker.daemon = True
+                conn = await self._exit.enter_async_context(connecting)
                 await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 await conn.execute("PRAGMA journal_mode=WAL")
                 saver = AsyncSqliteSaver(conn)
@@ -322,7 +321,8 @@ class Shoal:
     async def _invoke(self, graph: Any, run_id: str, state: Any) -> RunReport:
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
         started = time.perf_counter()
-        self.store.update_run(run_id, status="running", owner_pid=os.getpid(), error=None)
+        if run_id not in self._fresh:  # a new run's row already says so
+            self.store.update_run(run_id, status="running", owner_pid=os.getpid(), error=None)
         try:
             result = await graph.ainvoke(state, config, durability=self.settings.durability)
         except (ShoalError, PlanError) as exc:

@@ -365,3 +365,31 @@ async def test_backend_down_fails_the_run_and_resume_retries(tmp_path: Path) -> 
     report = await again.resume(run.id)
     assert report.status == "done"
     await again.aclose()
+
+
+async def test_parallel_branches_joins_and_chains_run_each_step_once(tmp_path: Path) -> None:
+    # a and b start together; a2 follows a alone (launched by a directly); j joins a2 and b;
+    # lone runs beside everything and ends early
+    plan = {
+        "steps": [
+            {"id": "a", "specialist": "classifier", "inputs": ["task"]},
+            {"id": "b", "specialist": "classifier", "inputs": ["task"]},
+            {"id": "lone", "specialist": "classifier", "inputs": ["task"]},
+            {"id": "a2", "specialist": "classifier", "inputs": ["a"]},
+            {"id": "a3", "specialist": "classifier", "inputs": ["a2"]},
+            {"id": "j", "specialist": "classifier", "inputs": ["a3", "b"]},
+            {"id": "end", "specialist": "classifier", "inputs": ["j"]},
+        ]
+    }
+    backend = ScriptedBackend(lambda request: '{"label": "ORDER"}')
+    s = settings(tmp_path / "shoal.db")
+    s.max_plan_steps = 8
+    shoal = Shoal(s, router=ModelRouter(lambda _: backend))
+    report = await shoal.run(TICKET, plan=plan)
+    await shoal.aclose()
+    assert report.status == "done"
+    assert report.answer is not None and set(report.answer["answer"]) == {"lone", "end"}
+    assert set(report.answer["steps"]) == {"a", "b", "lone", "a2", "a3", "j", "end"}
+    assert len(backend.requests) == 7, "every step ran exactly once"
+    joined = json.loads(shoal.store.finished_step(report.run_id, "j").input_json)["text"]  # type: ignore[union-attr]
+    assert "[a3, classifier]" in joined and "[b, classifier]" in joined

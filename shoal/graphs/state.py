@@ -40,12 +40,14 @@ class RunState(TypedDict, total=False):
     plan_review: dict[str, Any] | None
     results: Annotated[dict[str, StepOutcome], merge]
     waiting: Annotated[dict[str, dict[str, Any]], merge]
+    running: Annotated[dict[str, bool], merge]  # launched and not yet finished
     answer: dict[str, Any] | None
 
 
 class StepPayload(TypedDict):
     run_id: str
     task: str
+    plan: dict[str, Any]
     step: dict[str, Any]
     upstream: dict[str, StepOutcome]
 

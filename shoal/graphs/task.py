@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send, interrupt
+from langgraph.types import Command, Send, interrupt
 from pydantic import BaseModel
 
 from shoal.agents.escalation import Budget, Escalation, Ladder, LadderConfig, Outcome
@@ -33,7 +33,7 @@ from shoal.models.router import CallRecord
 from shoal.specialists.base import Result, Specialist
 from shoal.store import db as store_db
 from shoal.store.tables import Escalation as EscalationRow
-from shoal.store.tables import ModelCall, Review, Step
+from shoal.store.tables import Review, Step
 
 # The model calls of the step running in this asyncio task; the router's recorder appends here.
 CURRENT_CALLS: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar(
@@ -112,27 +112,28 @@ def build_input(
     )
 
 
-def call_rows(run_id: str, step_id: str, calls: list[CallRecord], confidence: float | None) -> list[ModelCall]:
+def call_rows(run_id: str, step_id: str, calls: list[CallRecord], confidence: float | None) -> list[dict[str, Any]]:
+    """`ModelCall` rows as plain dicts: built once per call on the hot path, so no ORM objects."""
     rows = []
     for call in calls:
         reply = call.reply
         rows.append(
-            ModelCall(
-                run_id=run_id,
-                step_id=step_id,
-                model=str(call.ref),
-                request_json=json.dumps(call.request.as_record(), ensure_ascii=False),
-                reply_json=None if reply is None else json.dumps(reply.as_record(), ensure_ascii=False),
-                error=call.error,
-                error_type=call.error_type,
-                raw_text=call.raw_text,
-                tokens_in=reply.usage.input_tokens if reply else 0,
-                tokens_out=reply.usage.output_tokens if reply else 0,
-                latency_s=call.latency_s,
-                cost_usd=reply.cost_usd if reply else 0.0,
-                confidence=confidence,
-                created_at=call.started_at,
-            )
+            {
+                "run_id": run_id,
+                "step_id": step_id,
+                "model": str(call.ref),
+                "request_json": json.dumps(call.request.as_record(), ensure_ascii=False),
+                "reply_json": None if reply is None else json.dumps(reply.as_record(), ensure_ascii=False),
+                "error": call.error,
+                "error_type": call.error_type,
+                "raw_text": call.raw_text,
+                "tokens_in": reply.usage.input_tokens if reply else 0,
+                "tokens_out": reply.usage.output_tokens if reply else 0,
+                "latency_s": call.latency_s,
+                "cost_usd": reply.cost_usd if reply else 0.0,
+                "confidence": confidence,
+                "created_at": call.started_at,
+            }
         )
     return rows
 
@@ -171,6 +172,13 @@ def outcome_of(row: Step) -> StepOutcome:
 
 def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
     store = runtime.store
+    plans: dict[str, Plan] = {}  # validated once per run, not once per step
+
+    def plan_of(run_id: str, data: dict[str, Any]) -> Plan:
+        known = plans.get(run_id)
+        if known is None:
+            known = plans[run_id] = Plan.model_validate(data)
+        return known
 
     async def run_ladder(
         run_id: str, step_id: str, specialist: Specialist[Any, Any], data: BaseModel
@@ -257,40 +265,73 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         _finish_human_step(store, state["run_id"], "plan", chosen, review)
         return {"plan": chosen.model_dump(), "plan_review": None}
 
-    async def dispatch(state: RunState) -> dict[str, Any]:
-        return {}
+    def launch(
+        run_id: str, task: str, plan_dict: dict[str, Any], steps: list[PlanStep], done: dict[str, StepOutcome]
+    ) -> list[Send]:
+        return [
+            Send(
+                "step",
+                StepPayload(
+                    run_id=run_id,
+                    task=task,
+                    plan=plan_dict,
+                    step=s.model_dump(),
+                    upstream={i: done[i] for i in s.inputs if i != TASK},
+                ),
+            )
+            for s in steps
+        ]
 
-    def route(state: RunState) -> list[Send] | str:
+    async def dispatch(state: RunState) -> Command[Any]:
+        """Launch every ready step; when nothing is left, compose.
+
+        Launched steps are marked running in the same update, so a dispatch that runs while
+        they are under way does not launch them twice.
+        """
         if state.get("plan_review"):
-            return "plan_review"
-        chosen = Plan.model_validate(state["plan"])
+            return Command(goto="plan_review")
+        chosen = plan_of(state["run_id"], state["plan"] or {})
         results = state.get("results") or {}
         waiting = state.get("waiting") or {}
-        ready = chosen.ready(done=set(results), busy=set(waiting))
+        running = state.get("running") or {}
+        ready = chosen.ready(done=set(results), busy=set(waiting) | set(running))
         if ready:
-            return [
-                Send(
-                    "step",
-                    StepPayload(
-                        run_id=state["run_id"],
-                        task=state["task"],
-                        step=s.model_dump(),
-                        upstream={i: results[i] for i in s.inputs if i != TASK},
-                    ),
-                )
-                for s in ready
-            ]
+            return Command(
+                update={"running": {s.id: True for s in ready}},
+                goto=launch(state["run_id"], state["task"], state["plan"] or {}, ready, results),
+            )
+        if running:
+            return Command(goto=[])  # the steps under way come back here when they finish
         if waiting:
-            return [
-                Send(
-                    "review",
-                    ReviewPayload(run_id=state["run_id"], step_id=sid, review_id=int(w["review_id"])),
-                )
-                for sid, w in waiting.items()
-            ]
-        return "compose"
+            return Command(
+                goto=[
+                    Send("review", ReviewPayload(run_id=state["run_id"], step_id=sid, review_id=int(w["review_id"])))
+                    for sid, w in waiting.items()
+                ]
+            )
+        return Command(goto="compose")
 
-    async def step(payload: StepPayload) -> dict[str, Any]:
+    def finished(payload: StepPayload, update: dict[str, Any]) -> Command[Any]:
+        """Where a step goes next. A successor that reads no other step is launched at once
+        (one superstep per step along a chain); joins and the end go through dispatch."""
+        spec_id = payload["step"]["id"]
+        chosen = plan_of(payload["run_id"], payload["plan"])
+        running: dict[str, Any] = {spec_id: None}
+        goto: list[Send | str] = []
+        outcome = (update.get("results") or {}).get(spec_id)
+        exclusive = [s for s in chosen.steps if {i for i in s.inputs if i != TASK} == {spec_id}]
+        if outcome is not None and exclusive:
+            goto += launch(payload["run_id"], payload["task"], payload["plan"], exclusive, {spec_id: outcome})
+            running.update({s.id: True for s in exclusive})
+        joins = any(spec_id in s.inputs for s in chosen.steps if s not in exclusive)
+        if outcome is None or joins or not exclusive:
+            goto.append("dispatch")
+        return Command(update={**update, "running": running}, goto=goto)
+
+    async def step(payload: StepPayload) -> Command[Any]:
+        return finished(payload, await run_step(payload))
+
+    async def run_step(payload: StepPayload) -> dict[str, Any]:
         run_id = payload["run_id"]
         spec = PlanStep.model_validate(payload["step"])
         fresh = run_id in runtime.fresh
@@ -322,7 +363,8 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         row.first_confidence = outcome.first.confidence
         row.evidence_json = json.dumps([s.model_dump() for s in result.evidence])
         row.model = result.model
-        row.output_json = None if result.output is None else result.output.model_dump_json()
+        output = None if result.output is None else result.output.model_dump(mode="json")
+        row.output_json = None if output is None else json.dumps(output, ensure_ascii=False)
         row.answered_by = outcome.answered_by or ("unverified" if outcome.status == "failed" else None)
         rows = (
             call_rows(run_id, spec.id, calls, result.confidence),
@@ -340,8 +382,17 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             store.record_step(row, *rows, review=review, new=fresh)
             return {"waiting": {spec.id: {"review_id": review.id}}}
         row.status = "done"
-        saved = store.record_step(row, *rows, new=fresh)
-        return {"results": {spec.id: outcome_of(saved)}}
+        store.record_step(row, *rows, new=fresh)
+        done = StepOutcome(
+            step_id=spec.id,
+            specialist=spec.specialist,
+            status="done",
+            output=output,
+            text=render(output),
+            confidence=result.confidence,
+            answered_by=row.answered_by,
+        )
+        return {"results": {spec.id: done}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:
         run_id, step_id = payload["run_id"], payload["step_id"]
@@ -353,7 +404,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         return {"results": {step_id: outcome_of(saved)}, "waiting": {step_id: None}}
 
     async def compose(state: RunState) -> dict[str, Any]:
-        chosen = Plan.model_validate(state["plan"])
+        chosen = plans.pop(state["run_id"], None) or Plan.model_validate(state["plan"])
         results = state.get("results") or {}
         return {
             "answer": {
@@ -365,15 +416,13 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
     graph: StateGraph[RunState] = StateGraph(RunState)
     graph.add_node("plan", plan)
     graph.add_node("plan_review", plan_review)
-    graph.add_node("dispatch", dispatch)
-    graph.add_node("step", step)  # type: ignore[arg-type]
+    graph.add_node("dispatch", dispatch, destinations=("step", "review", "compose", "plan_review"))
+    graph.add_node("step", step, destinations=("step", "dispatch"))  # type: ignore[arg-type]
     graph.add_node("review", review)  # type: ignore[arg-type]
     graph.add_node("compose", compose)
     graph.add_edge(START, "plan")
     graph.add_conditional_edges("plan", lambda s: "plan_review" if s.get("plan_review") else "dispatch")
     graph.add_edge("plan_review", "dispatch")
-    graph.add_conditional_edges("dispatch", route, ["step", "review", "compose", "plan_review"])
-    graph.add_edge("step", "dispatch")
     graph.add_edge("review", "dispatch")
     graph.add_edge("compose", END)
     return graph

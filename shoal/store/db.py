@@ -176,7 +176,7 @@ class Store:
     def record_step(
         self,
         step: Step,
-        calls: Sequence[ModelCall],
+        calls: Sequence[dict[str, Any]],
         escalations: Sequence[Escalation],
         review: Review | None = None,
         *,
@@ -198,7 +198,7 @@ class Store:
                     setattr(existing, key, value)
                 step = existing
             session.add(step)
-            session.add_all(calls)
+            session.add_all(ModelCall(**call) for call in calls)
             for item in escalations:
                 if item.id is None:
                     session.add(item)
@@ -210,13 +210,13 @@ class Store:
             return step
 
     def _insert_step(
-        self, step: Step, calls: Sequence[ModelCall], escalations: Sequence[Escalation], review: Review | None
+        self, step: Step, calls: Sequence[dict[str, Any]], escalations: Sequence[Escalation], review: Review | None
     ) -> Step:
         # Core inserts: the ORM's unit of work costs more than the write itself on this path
         with self.engine.begin() as connection:
             step.id = connection.execute(insert(Step), step.model_dump(exclude={"id"})).inserted_primary_key[0]  # type: ignore[index]
             if calls:
-                connection.execute(insert(ModelCall), [c.model_dump(exclude={"id"}) for c in calls])
+                connection.execute(insert(ModelCall), list(calls))
             if escalations:
                 connection.execute(insert(Escalation), [e.model_dump(exclude={"id"}) for e in escalations])
             if review is not None:
@@ -224,13 +224,6 @@ class Store:
                     0
                 ]  # type: ignore[index]
         return step
-
-    def record_calls(self, calls: Sequence[ModelCall]) -> None:
-        if not calls:
-            return
-        with self.session() as session:
-            session.add_all(calls)
-            session.commit()
 
     def model_calls(self, run_id: str) -> list[ModelCall]:
         with self.session() as session:
