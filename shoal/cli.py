@@ -333,6 +333,136 @@ def review(
     _print_report(report, False)
 
 
+@app.command()
+def triage(
+    file: Annotated[Path, typer.Argument(help="Ticket export: CSV or JSONL.")],
+    text: Annotated[str, typer.Option("--text", help="Column (or key) holding the ticket text.")] = "instruction",
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="Column holding the ticket id (default: the file name and row number).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results to this .jsonl or .csv file.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Tickets in flight at once (helps with Ollama).")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    force: Annotated[bool, typer.Option(help="Triage again tickets already done.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Triage a ticket queue: category, intent, priority, entities, summary, a first reply, a queue."""
+    import itertools
+
+    from shoal.graphs.tickets import read_tickets
+
+    if out is not None and out.suffix.lower() not in (".jsonl", ".csv"):
+        raise typer.BadParameter("use a .jsonl or .csv file", param_hint="--out")
+    engine = _engine(config)
+    rows = list(
+        itertools.islice(
+            read_tickets(file, text_column=text, id_column=id_column, max_chars=engine.settings.tickets.max_chars),
+            limit,
+        )
+    )
+    counts = {"done": 0, "escalated": 0, "waiting": 0, "failed": 0, "rejected": 0, "skipped": 0}
+    totals = {"tokens": 0, "cost": 0.0}
+    problems: list[str] = []
+
+    with Progress(
+        TextColumn("[bold]triage[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+    ) as progress:
+        bar = progress.add_task("triage", total=len(rows), status="")
+
+        def update(outcome: Any) -> None:
+            if outcome.skipped:
+                counts["skipped"] += 1
+            elif outcome.status in counts:
+                counts[outcome.status] += 1
+            if outcome.escalated and not outcome.skipped:
+                counts["escalated"] += 1
+            if outcome.status in ("rejected", "failed"):
+                problems.append(f"{outcome.key} (line {outcome.line}): {outcome.status}: {outcome.error}")
+            totals["tokens"] += outcome.tokens
+            totals["cost"] += outcome.cost_usd
+            progress.update(
+                bar,
+                advance=1,
+                status=(
+                    f"done {counts['done']} · escalated {counts['escalated']} · review {counts['waiting']} · "
+                    f"failed {counts['failed']} · bad {counts['rejected']} · skipped {counts['skipped']} · "
+                    f"{totals['tokens']:,} tok · ${totals['cost']:.4f}"
+                ),
+            )
+
+        async def go() -> list[Any]:
+            try:
+                outcomes: list[Any] = await engine.triage(
+                    rows, source=file.name, concurrency=concurrency, force=force, on_ticket=update
+                )
+            finally:
+                await engine.aclose()
+            return outcomes
+
+        try:
+            asyncio.run(go())
+        finally:  # also on Ctrl-C: what finished is in the database, and in the output file
+            if out is not None:
+                written = _write_tickets(engine, [r.key for r in rows], out)
+                err.print(f"wrote {written} tickets to {out}")
+    for line in problems:
+        err.print(f"[yellow]{line}[/yellow]", highlight=False)
+    console.print(
+        f"{len(rows)} tickets: {counts['done']} done, {counts['waiting']} waiting for review, "
+        f"{counts['escalated']} escalated, {counts['failed']} failed, {counts['rejected']} rejected, "
+        f"{counts['skipped']} already done; {totals['tokens']:,} tokens, ${totals['cost']:.4f} frontier"
+    )
+    if counts["waiting"]:
+        console.print("answer the waiting ones with `shoal review`")
+
+
+def _write_tickets(engine: Any, keys: list[str], out: Path) -> int:
+    import csv
+
+    from shoal.graphs.tickets import FIELDS
+
+    rows = engine.store.tickets(keys)
+    records = []
+    for row in rows:
+        fields = json.loads(row.result_json) if row.result_json else {}
+        record: dict[str, Any] = {"id": row.id, "line": row.line, "status": row.status, "queue": row.queue}
+        for name in FIELDS:
+            field = fields.get(name) or {}
+            output = field.get("output")
+            if isinstance(output, dict) and "label" in output:
+                value: Any = output["label"]
+            elif isinstance(output, dict) and "summary" in output:
+                value = output["summary"]
+            elif isinstance(output, dict) and "reply" in output:
+                value = output["reply"]
+            else:
+                value = output
+            record[name] = value
+            record[f"{name}_confidence"] = field.get("confidence")
+            record[f"{name}_by"] = field.get("answered_by")
+            record[f"{name}_status"] = field.get("status")
+        record["run_id"] = row.run_id
+        record["error"] = row.error
+        records.append(record)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        if out.suffix.lower() == ".jsonl":
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            flat = [{k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()} for r in records]
+            writer = csv.DictWriter(handle, fieldnames=list(flat[0]) if flat else ["id"])
+            writer.writeheader()
+            writer.writerows(flat)
+    tmp.replace(out)  # never a half-written results file
+    return len(records)
+
+
 @app.command("eval")
 def eval_(
     data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL, or CLINC150-style JSON.")],

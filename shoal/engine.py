@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from shoal.backends import build_router
 from shoal.config import Settings
 from shoal.errors import ShoalError
 from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
+from shoal.graphs.tickets import TICKET_PLAN, BadRow, TicketRow, route, text_hash, ticket_specialists
 from shoal.models.router import ModelRouter
 from shoal.specialists.base import Specialist
 from shoal.specialists.classifier import Classifier
@@ -39,6 +40,20 @@ from shoal.specialists.coder import Coder
 from shoal.specialists.extractor import Extractor
 from shoal.specialists.summarizer import Summarizer
 from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreError, StoreLedger
+
+
+def ticket_fields(steps: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """A ticket's fields from its step rows: output, confidence, who answered, status."""
+    return {
+        step.step_id: {
+            # a waiting field keeps the models' best answer; its status says nobody vouched for it yet
+            "output": json.loads(step.output_json) if step.output_json else None,
+            "confidence": step.confidence,
+            "answered_by": step.answered_by,
+            "status": step.status,
+        }
+        for step in steps
+    }
 
 
 class TaskError(ShoalError):
@@ -53,6 +68,21 @@ class Entities(BaseModel):
     emails: list[str] = Field(default_factory=list, max_length=5, description="email addresses")
     amounts: list[str] = Field(default_factory=list, max_length=5, description="money amounts with currency")
     dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
+
+
+class TicketOutcome(BaseModel):
+    key: str
+    line: int | None = None
+    status: str  # done waiting failed rejected
+    run_id: str | None = None
+    queue: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    skipped: bool = False
+    escalated: list[str] = Field(default_factory=list)
+    reviews: list[int] = Field(default_factory=list)
+    tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class ReviewItem(BaseModel):
@@ -133,7 +163,9 @@ class Shoal:
         )
         self._budgets: dict[str, Budget] = {}
         self._exit = AsyncExitStack()
-        self._graph: Any = None
+        self._graphs: dict[str, Any] = {}
+        self._saver: Any = None
+        self._ticket_specialists: dict[str, Specialist[Any, Any]] | None = None
         self._lock = asyncio.Lock()
         self._fresh: set[str] = set()
         self._ladder_configs: dict[tuple[str, float], LadderConfig] = {}
@@ -145,8 +177,8 @@ class Shoal:
         await self.aclose()
 
     @asynccontextmanager
-    async def _using_graph(self) -> AsyncIterator[Any]:
-        yield await self.graph()
+    async def _using_graph(self, workflow: str = "task") -> AsyncIterator[Any]:
+        yield await self.graph(workflow)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> Shoal:
@@ -214,10 +246,10 @@ class Shoal:
             )
         return self._budgets[run_id]
 
-    async def graph(self) -> Any:
-        """The compiled task graph with the SQLite checkpointer (one per process)."""
+    async def graph(self, workflow: str = "task") -> Any:
+        """A compiled graph with the SQLite checkpointer (one checkpointer per process)."""
         async with self._lock:
-            if self._graph is None:
+            if self._saver is None:
                 connecting = aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
                 # aiosqlite's worker thread would keep a script that never calls aclose() alive
                 # after its last await; as a daemon it does not (every write is awaited first)
@@ -227,10 +259,17 @@ class Shoal:
                 conn = await self._exit.enter_async_context(connecting)
                 await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 await conn.execute("PRAGMA journal_mode=WAL")
-                saver = AsyncSqliteSaver(conn)
-                await saver.setup()
-                self._graph = build_task_graph(self._runtime()).compile(checkpointer=saver)
-            return self._graph
+                self._saver = AsyncSqliteSaver(conn)
+                await self._saver.setup()
+            if workflow not in self._graphs:
+                runtime = self._runtime(self.ticket_specialists() if workflow == "tickets" else self.specialists)
+                self._graphs[workflow] = build_task_graph(runtime).compile(checkpointer=self._saver)
+            return self._graphs[workflow]
+
+    def ticket_specialists(self) -> dict[str, Specialist[Any, Any]]:
+        if self._ticket_specialists is None:
+            self._ticket_specialists = ticket_specialists(self.router, self.settings)
+        return self._ticket_specialists
 
     def task_graph(self, checkpointer: Any = None) -> Any:
         """The task graph compiled as a plain LangGraph graph, e.g. to use as a subgraph.
@@ -238,13 +277,13 @@ class Shoal:
         Without a checkpointer it uses its parent's. Its state: `run_id`, `task`, optionally
         `plan`; the answer lands in `answer`. Steps are recorded in this Shoal's store.
         """
-        return build_task_graph(self._runtime()).compile(checkpointer=checkpointer)
+        return build_task_graph(self._runtime(self.specialists)).compile(checkpointer=checkpointer)
 
-    def _runtime(self) -> TaskRuntime:
+    def _runtime(self, specialists: dict[str, Specialist[Any, Any]]) -> TaskRuntime:
         return TaskRuntime(
             store=self.store,
             planner=self.planner,
-            specialists=self.specialists,
+            specialists=specialists,
             ladder_config=self.ladder_config,
             budget=self.budget,
             ledger=self.ledger,
@@ -277,7 +316,7 @@ class Shoal:
         run = self.store.find_run(run_id)
         if run.status == "done":
             return self.report(run.id)
-        async with self._using_graph() as graph:
+        async with self._using_graph(run.workflow) as graph:
             snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
             if snapshot.next:
                 return await self._drive(run.id, None)
@@ -295,7 +334,8 @@ class Shoal:
             raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
         validated = self._validate_answer(row.specialist, answer)
         self.store.answer_review(review_id, validated, who)
-        async with self._using_graph() as graph:
+        run = self.store.find_run(row.run_id)
+        async with self._using_graph(run.workflow) as graph:
             snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
             resume: dict[str, Any] = {}
             for pending in snapshot.interrupts:
@@ -303,10 +343,105 @@ class Shoal:
                     resume[pending.id] = {"answer": validated, "who": who}
             return await self._drive(row.run_id, Command(resume=resume) if resume else None)
 
+    # --- tickets --------------------------------------------------------------------------
+
+    async def triage_ticket(self, row: TicketRow | BadRow, *, source: str = "", force: bool = False) -> TicketOutcome:
+        """Triage one ticket, or report why it cannot be; safe to call again for the same key."""
+        if isinstance(row, BadRow):
+            self.store.put_ticket(
+                row.key, source=source, line=row.line, status="rejected", error=row.reason, run_id=None
+            )
+            return TicketOutcome(key=row.key, line=row.line, status="rejected", error=row.reason)
+        digest = text_hash(row.text)
+        existing = self.store.get_ticket(row.key)
+        same = existing is not None and existing.text_hash == digest and existing.run_id is not None
+        if existing is not None and same and not force and existing.status in ("done", "waiting"):
+            return self._ticket_outcome(row.key, skipped=True)
+        try:
+            if existing is not None and same and not force and existing.status in ("running", "failed"):
+                assert existing.run_id is not None
+                await self.resume(existing.run_id)  # finished steps are reused, not re-run
+            else:
+                text = check_task(row.text, self.settings.tickets.max_chars)
+                run_id = uuid.uuid4().hex[:12]
+                self.store.create_run(run_id, text, workflow="tickets")
+                self.store.update_run(run_id, plan_json=json.dumps(TICKET_PLAN))
+                self.store.put_ticket(
+                    row.key, source=source, line=row.line, text_hash=digest, run_id=run_id, status="running",
+                    queue=None, result_json=None, error=None,
+                )  # fmt: skip
+                self._fresh.add(run_id)
+                await self._drive(run_id, {"run_id": run_id, "task": text, "plan": TICKET_PLAN}, "tickets")
+        except (ShoalError, PlanError) as exc:
+            self.store.put_ticket(row.key, status="failed", error=str(exc))
+        return self._ticket_outcome(row.key)
+
+    def _ticket_outcome(self, key: str, *, skipped: bool = False) -> TicketOutcome:
+        ticket = self.store.get_ticket(key)
+        assert ticket is not None
+        fields = json.loads(ticket.result_json) if ticket.result_json else {}
+        run = self.store.get_run(ticket.run_id) if ticket.run_id else None
+        reviews = [r.id or 0 for r in self.store.reviews(run_id=ticket.run_id)] if ticket.run_id else []
+        return TicketOutcome(
+            key=key,
+            line=ticket.line,
+            status=ticket.status,
+            run_id=ticket.run_id,
+            queue=ticket.queue,
+            fields=fields,
+            error=ticket.error,
+            skipped=skipped,
+            escalated=[
+                n
+                for n, f in fields.items()
+                if f.get("answered_by") not in ("specialist", None) or f.get("status") == "waiting"
+            ],
+            reviews=reviews,
+            tokens=0 if run is None or skipped else run.tokens_in + run.tokens_out,
+            cost_usd=0.0 if run is None or skipped else run.cost_usd,
+        )
+
+    async def triage(
+        self,
+        rows: Iterable[TicketRow | BadRow],
+        *,
+        source: str = "",
+        concurrency: int = 1,
+        force: bool = False,
+        on_ticket: Callable[[TicketOutcome], None] | None = None,
+    ) -> list[TicketOutcome]:
+        """Triage a batch: `concurrency` tickets at a time, each saved as it finishes."""
+        if concurrency < 1:
+            raise TaskError("concurrency must be at least 1")
+        queue: asyncio.Queue[TicketRow | BadRow | None] = asyncio.Queue(maxsize=concurrency * 2)
+        outcomes: list[TicketOutcome] = []
+
+        async def worker() -> None:
+            while (row := await queue.get()) is not None:
+                outcome = await self.triage_ticket(row, source=source, force=force)
+                outcomes.append(outcome)
+                if on_ticket is not None:
+                    on_ticket(outcome)
+
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        try:
+            for row in rows:
+                await queue.put(row)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+        return sorted(outcomes, key=lambda o: (o.line or 0, o.key))
+
     def _validate_answer(self, specialist: str, answer: Any) -> Any:
         if specialist == "planner":
             return Plan.model_validate(answer).check(list(self.specialists), self.settings.max_plan_steps).model_dump()
-        output_type = self.specialists[specialist].output_type
+        known = self.specialists.get(specialist) or self.ticket_specialists().get(specialist)
+        if known is None:
+            raise TaskError(f"no specialist '{specialist}' in this shoal to check the answer against")
+        output_type = known.output_type
         if isinstance(answer, str) and "label" in output_type.model_fields:
             answer = {"label": answer, "labels": [answer]}
         try:
@@ -314,8 +449,11 @@ class Shoal:
         except ValueError as exc:
             raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
 
-    async def _drive(self, run_id: str, state: Any) -> RunReport:
-        async with self._using_graph() as graph:
+    async def _drive(self, run_id: str, state: Any, workflow: str | None = None) -> RunReport:
+        if workflow is None:
+            run = self.store.get_run(run_id)
+            workflow = run.workflow if run is not None else "task"
+        async with self._using_graph(workflow) as graph:
             return await self._invoke(graph, run_id, state)
 
     async def _invoke(self, graph: Any, run_id: str, state: Any) -> RunReport:
@@ -352,6 +490,27 @@ class Shoal:
             fields["result_json"] = json.dumps(answer, ensure_ascii=False)
         fields.update(self.store.totals(run_id))
         self.store.update_run(run_id, **fields)
+        if run is not None and run.workflow == "tickets":
+            self._finish_ticket(run_id, status)
+
+    def _finish_ticket(self, run_id: str, status: str) -> None:
+        ticket = self.store.ticket_for_run(run_id)
+        if ticket is None:
+            return
+        fields = ticket_fields(self.store.steps(run_id))
+        outputs = {name: field.get("output") for name, field in fields.items()}
+        queue = None
+        if status == "done":
+            queue = route(self.settings, outputs)
+        elif status == "waiting":
+            queue = self.settings.tickets.review_queue
+        self.store.put_ticket(
+            ticket.id,
+            status={"done": "done", "waiting": "waiting"}.get(status, "failed"),
+            queue=queue,
+            result_json=json.dumps(fields, ensure_ascii=False),
+            error=None if status in ("done", "waiting") else (self.store.get_run(run_id) or ticket).error,
+        )
 
     def report(self, run_id: str) -> RunReport:
         run = self.store.find_run(run_id)
@@ -387,5 +546,6 @@ class Shoal:
 
     async def aclose(self) -> None:
         await self._exit.aclose()
-        self._graph = None
+        self._graphs.clear()
+        self._saver = None
         await self.router.aclose()

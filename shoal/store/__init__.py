@@ -1,7 +1,7 @@
 """What is remembered: shoal's tables and LangGraph's checkpoints in one SQLite file."""
 
 from shoal.store.db import MIGRATIONS, Store, StoreError, StoreLedger
-from shoal.store.tables import Escalation, ModelCall, Review, Run, Step
+from shoal.store.tables import Escalation, ModelCall, Review, Run, Step, Ticket
 
 __all__ = [
     "MIGRATIONS",
@@ -13,4 +13,5 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLedger",
+    "Ticket",
 ]

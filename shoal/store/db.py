@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from shoal.errors import ShoalError
-from shoal.store.tables import Escalation, Migration, ModelCall, Review, Run, Step, now
+from shoal.store.tables import Escalation, Migration, ModelCall, Review, Run, Step, Ticket, now
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -33,9 +33,14 @@ def _v1(connection: Any) -> None:
     SQLModel.metadata.create_all(connection, tables=tables)
 
 
+def _v2(connection: Any) -> None:
+    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["ticket"]])
+
+
 # Numbered, append-only: a database records which it has applied and gets the rest on open.
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "runs, steps, model calls, escalations, reviews", _v1),
+    (2, "tickets of triage batches", _v2),
 ]
 
 
@@ -269,6 +274,33 @@ class Store:
             session.add(row)
             session.commit()
             return row
+
+    # --- tickets --------------------------------------------------------------------------
+
+    def get_ticket(self, key: str) -> Ticket | None:
+        with self.session() as session:
+            return session.get(Ticket, key)
+
+    def put_ticket(self, key: str, **fields: Any) -> Ticket:
+        with self.session() as session:
+            row = session.get(Ticket, key) or Ticket(id=key)
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = now()
+            session.add(row)
+            session.commit()
+            return row
+
+    def ticket_for_run(self, run_id: str) -> Ticket | None:
+        with self.session() as session:
+            return session.exec(select(Ticket).where(Ticket.run_id == run_id)).first()
+
+    def tickets(self, keys: Sequence[str] | None = None) -> list[Ticket]:
+        with self.session() as session:
+            query = select(Ticket).order_by(col(Ticket.source), col(Ticket.line))
+            if keys is not None:
+                query = query.where(col(Ticket.id).in_(list(keys)))
+            return list(session.exec(query).all())
 
     # --- spend ----------------------------------------------------------------------------
 

@@ -101,6 +101,22 @@ class Review(SQLModel, table=True):
     answered_at: datetime | None = None
 
 
+class Ticket(SQLModel, table=True):
+    """One support ticket of a triage batch, keyed by its id so a batch can be re-run safely."""
+
+    id: str = Field(primary_key=True)
+    source: str = ""
+    line: int | None = None
+    text_hash: str = ""
+    run_id: str | None = Field(default=None, index=True)
+    status: str = Field(default="pending", index=True)  # running done waiting failed rejected
+    queue: str | None = None
+    result_json: str | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+
+
 class Migration(SQLModel, table=True):
     __tablename__ = "shoal_migration"
 
