@@ -263,9 +263,8 @@ class EmbeddedBackend:
         # Local failures are not transient: a retry would fail the same way.
         loaded = await asyncio.to_thread(self.model, request.model)
         kwargs = llama_kwargs(request)
-        started = time.perf_counter()
-        raw = await asyncio.to_thread(self._complete, loaded, kwargs)
-        latency = time.perf_counter() - started
+        # latency is the model's own time, not the wait for the lock other callers hold
+        raw, latency = await asyncio.to_thread(self._complete, loaded, kwargs)
         choice = raw["choices"][0]
         text = choice["message"].get("content") or ""
         usage = raw.get("usage") or {}
@@ -288,8 +287,9 @@ class EmbeddedBackend:
         return reply
 
     @staticmethod
-    def _complete(loaded: _LoadedModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _complete(loaded: _LoadedModel, kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
         with loaded.lock:
+            started = time.perf_counter()
             try:
                 result: dict[str, Any] = loaded.llama.create_chat_completion(**kwargs)
             except ValueError as exc:
@@ -298,7 +298,7 @@ class EmbeddedBackend:
                     f"llama.cpp rejected the request for {loaded.path.name}: {exc}. "
                     f"Shorten the input or raise [embedded] n_ctx in shoal.toml"
                 ) from None
-            return result
+            return result, time.perf_counter() - started
 
     async def health(self) -> BackendHealth:
         models: list[ModelInfo] = []

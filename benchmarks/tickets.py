@@ -1,0 +1,105 @@
+"""Ticket triage on Bitext rows: quality, escalation, throughput and the framework's share of time.
+
+Runs the real `shoal triage` workflow (the engine's `triage`, the embedded model by default) over
+N Bitext rows and prints: category and intent accuracy against the gold labels (of the answers
+the small model gave, accepted or not), entity exact match (gold `entity_value` found as one of the
+extracted values), share escalated per field, tickets per minute, and the framework's share of
+wall time (time outside model calls / total).
+
+Run by hand: `uv run python benchmarks/tickets.py --n 500 [--model ollama:qwen2.5:3b]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shoal.config import Settings
+from shoal.engine import Shoal
+from shoal.graphs.tickets import FIELDS, TicketRow
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bitext_customer_support.csv"
+
+
+def sample(n: int) -> list[dict[str, str]]:
+    with DATA.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    step = max(1, len(rows) // n)
+    return rows[::step][:n]
+
+
+async def main(n: int, model: str | None, config: Path | None) -> None:
+    rows = sample(n)
+    folder = Path(tempfile.mkdtemp(prefix="shoal-tickets-"))
+    settings = Settings.load(config, env={"SHOAL_DB": str(folder / "shoal.db")})
+    if model:
+        settings.default_model = model
+    tickets = [TicketRow(key=f"bitext:{i}", line=i, text=r["instruction"]) for i, r in enumerate(rows)]
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    done = [0]
+
+    def tick(_: object) -> None:
+        done[0] += 1
+        if done[0] % 10 == 0:
+            elapsed = time.perf_counter() - started
+            console.print(f"{done[0]}/{n} tickets, {done[0] / elapsed * 60:.1f}/min")
+
+    async with Shoal(settings) as shoal:
+        outcomes = await shoal.triage(tickets, source="bitext", on_ticket=tick)
+        wall = time.perf_counter() - started
+        with shoal.store.engine.connect() as conn:
+            model_seconds = conn.exec_driver_sql("SELECT coalesce(sum(latency_s), 0) FROM modelcall").scalar() or 0.0
+
+    gold = {f"bitext:{i}": r for i, r in enumerate(rows)}
+    correct = {"category": 0, "intent": 0}
+    entity_hits = entity_total = 0
+    escalated = dict.fromkeys(FIELDS, 0)
+    statuses: dict[str, int] = {}
+    for outcome in outcomes:
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+        truth = gold[outcome.key]
+        for name in ("category", "intent"):
+            output = (outcome.fields.get(name) or {}).get("output") or {}
+            correct[name] += output.get("label") == truth[name]
+        for name in FIELDS:
+            if name in outcome.escalated:
+                escalated[name] += 1
+        if truth["entity_value"]:
+            entity_total += 1
+            values = ((outcome.fields.get("entities") or {}).get("output") or {}).values()
+            entity_hits += any(str(v).strip().lower() == truth["entity_value"].strip().lower() for v in values if v)
+
+    table = Table(title=f"shoal triage on {n} Bitext tickets, {settings.default_model}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("category accuracy (small model's answer)", f"{correct['category'] / n:.3f}")
+    table.add_row("intent accuracy (small model's answer)", f"{correct['intent'] / n:.3f}")
+    table.add_row(
+        f"entity exact match ({entity_total} tickets with a gold entity)", f"{entity_hits / max(1, entity_total):.3f}"
+    )
+    for name in FIELDS:
+        table.add_row(f"escalated: {name}", f"{escalated[name] / n:.1%}")
+    table.add_row("ticket status", json.dumps(statuses))
+    table.add_row("tickets per minute", f"{n / wall * 60:.1f}")
+    table.add_row("wall time", f"{wall:.1f} s")
+    table.add_row("time in model calls", f"{model_seconds:.1f} s")
+    table.add_row("framework share of wall time", f"{max(0.0, wall - model_seconds) / wall:.2%}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.model, args.config))
