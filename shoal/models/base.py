@@ -121,6 +121,22 @@ class TokenLogprob(BaseModel):
         return math.exp(self.logprob)
 
 
+def token_logprobs(items: Any) -> list[TokenLogprob]:
+    """Token logprobs from any backend's answer: objects (ollama, openai) or dicts (llama.cpp)."""
+
+    def get(item: Any, key: str) -> Any:
+        return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+    return [
+        TokenLogprob(
+            token=get(item, "token"),
+            logprob=get(item, "logprob"),
+            top=[TopLogprob(token=get(t, "token"), logprob=get(t, "logprob")) for t in get(item, "top_logprobs") or []],
+        )
+        for item in items or []
+    ]
+
+
 class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0

@@ -26,10 +26,9 @@ from shoal.models.base import (
     ChatRequest,
     ModelInfo,
     Reply,
-    TokenLogprob,
-    TopLogprob,
     Usage,
     parse_structured,
+    token_logprobs,
 )
 
 GGUF_MAGIC = b"GGUF"
@@ -270,7 +269,7 @@ class EmbeddedBackend:
         usage = raw.get("usage") or {}
         reply = Reply(
             text=text,
-            logprobs=_logprobs(choice.get("logprobs")),
+            logprobs=token_logprobs((choice.get("logprobs") or {}).get("content")),
             usage=Usage(
                 input_tokens=usage.get("prompt_tokens", 0),
                 output_tokens=usage.get("completion_tokens", 0),
@@ -329,16 +328,3 @@ class EmbeddedBackend:
 
     async def aclose(self) -> None:
         """Loaded models are shared process-wide and stay loaded for the next caller."""
-
-
-def _logprobs(raw: dict[str, Any] | None) -> list[TokenLogprob]:
-    if not raw or not raw.get("content"):
-        return []
-    return [
-        TokenLogprob(
-            token=item["token"],
-            logprob=item["logprob"],
-            top=[TopLogprob(token=t["token"], logprob=t["logprob"]) for t in item.get("top_logprobs") or []],
-        )
-        for item in raw["content"]
-    ]

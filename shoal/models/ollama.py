@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
@@ -24,10 +24,9 @@ from shoal.models.base import (
     ModelInfo,
     Reply,
     RetryPolicy,
-    TokenLogprob,
-    TopLogprob,
     Usage,
     parse_structured,
+    token_logprobs,
     with_retries,
 )
 
@@ -87,7 +86,7 @@ class OllamaBackend:
         text = response.message.content or ""
         reply = Reply(
             text=text,
-            logprobs=_logprobs(response.logprobs),
+            logprobs=token_logprobs(response.logprobs),
             usage=Usage(
                 input_tokens=response.prompt_eval_count or 0,
                 output_tokens=response.eval_count or 0,
@@ -165,16 +164,3 @@ class OllamaBackend:
 
     async def aclose(self) -> None:
         await self._client._client.aclose()
-
-
-def _logprobs(raw: Sequence[Any] | None) -> list[TokenLogprob]:
-    if not raw:
-        return []
-    return [
-        TokenLogprob(
-            token=item.token,
-            logprob=item.logprob,
-            top=[TopLogprob(token=t.token, logprob=t.logprob) for t in (item.top_logprobs or [])],
-        )
-        for item in raw
-    ]

@@ -26,11 +26,10 @@ from shoal.models.base import (
     ModelInfo,
     Reply,
     RetryPolicy,
-    TokenLogprob,
-    TopLogprob,
     Usage,
     parse_structured,
     schema_name,
+    token_logprobs,
     with_retries,
 )
 
@@ -117,7 +116,7 @@ class OpenAIBackend:
         )
         reply = Reply(
             text=text,
-            logprobs=_logprobs(choice.logprobs),
+            logprobs=token_logprobs(choice.logprobs.content if choice.logprobs else None),
             usage=usage,
             latency_s=latency,
             model=request.model,
@@ -197,16 +196,3 @@ def _detail(exc: Any) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
     return str(getattr(exc, "message", exc))
-
-
-def _logprobs(raw: Any) -> list[TokenLogprob]:
-    if raw is None or not getattr(raw, "content", None):
-        return []
-    return [
-        TokenLogprob(
-            token=item.token,
-            logprob=item.logprob,
-            top=[TopLogprob(token=t.token, logprob=t.logprob) for t in (item.top_logprobs or [])],
-        )
-        for item in raw.content
-    ]
