@@ -160,7 +160,7 @@ def resume(
 ) -> None:
     """Continue a run that crashed, was stopped, or waited on reviews answered since."""
     engine = _engine(config)
-    report = asyncio.run(engine._once(engine.resume(run_id)))
+    report = asyncio.run(engine.closing(engine.resume(run_id)))
     _print_report(report, False)
 
 
@@ -329,7 +329,7 @@ def review(
             value = answer  # a bare label
     else:
         raise typer.BadParameter("give --answer JSON or --accept", param_hint="--answer")
-    report = asyncio.run(engine._once(engine.review(review_id, value, who=who)))
+    report = asyncio.run(engine.closing(engine.review(review_id, value, who=who)))
     _print_report(report, False)
 
 

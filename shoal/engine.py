@@ -16,8 +16,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +176,6 @@ class Shoal:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    @asynccontextmanager
-    async def _using_graph(self, workflow: str = "task") -> AsyncIterator[Any]:
-        yield await self.graph(workflow)
-
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> Shoal:
         return cls(Settings.load(path))
@@ -308,7 +304,7 @@ class Shoal:
         return await self._drive(run_id, state)
 
     def run_sync(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
-        report: RunReport = asyncio.run(self._once(self.run(task, plan=plan)))
+        report: RunReport = asyncio.run(self.closing(self.run(task, plan=plan)))
         return report
 
     async def resume(self, run_id: str) -> RunReport:
@@ -316,10 +312,10 @@ class Shoal:
         run = self.store.find_run(run_id)
         if run.status == "done":
             return self.report(run.id)
-        async with self._using_graph(run.workflow) as graph:
-            snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
-            if snapshot.next:
-                return await self._drive(run.id, None)
+        graph = await self.graph(run.workflow)
+        snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
+        if snapshot.next:
+            return await self._drive(run.id, None)
         state = {
             "run_id": run.id,
             "task": run.task,
@@ -335,13 +331,13 @@ class Shoal:
         validated = self._validate_answer(row.specialist, answer)
         self.store.answer_review(review_id, validated, who)
         run = self.store.find_run(row.run_id)
-        async with self._using_graph(run.workflow) as graph:
-            snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
-            resume: dict[str, Any] = {}
-            for pending in snapshot.interrupts:
-                if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
-                    resume[pending.id] = {"answer": validated, "who": who}
-            return await self._drive(row.run_id, Command(resume=resume) if resume else None)
+        graph = await self.graph(run.workflow)
+        snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
+        resume: dict[str, Any] = {}
+        for pending in snapshot.interrupts:
+            if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
+                resume[pending.id] = {"answer": validated, "who": who}
+        return await self._drive(row.run_id, Command(resume=resume) if resume else None)
 
     # --- tickets --------------------------------------------------------------------------
 
@@ -453,8 +449,7 @@ class Shoal:
         if workflow is None:
             run = self.store.get_run(run_id)
             workflow = run.workflow if run is not None else "task"
-        async with self._using_graph(workflow) as graph:
-            return await self._invoke(graph, run_id, state)
+        return await self._invoke(await self.graph(workflow), run_id, state)
 
     async def _invoke(self, graph: Any, run_id: str, state: Any) -> RunReport:
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
@@ -538,7 +533,8 @@ class Shoal:
             seconds=run.seconds,
         )
 
-    async def _once(self, work: Any) -> Any:
+    async def closing(self, work: Any) -> Any:
+        """Await `work`, then close the engine (for one-shot callers such as the CLI)."""
         try:
             return await work
         finally:
