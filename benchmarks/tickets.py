@@ -36,10 +36,10 @@ def sample(n: int) -> list[dict[str, str]]:
     return rows[::step][:n]
 
 
-async def main(n: int, model: str | None, config: Path | None) -> None:
+async def main(n: int, model: str | None, config: Path | None, db: Path | None) -> None:
     rows = sample(n)
-    folder = Path(tempfile.mkdtemp(prefix="shoal-tickets-"))
-    settings = Settings.load(config, env={"SHOAL_DB": str(folder / "shoal.db")})
+    db = db or Path(tempfile.mkdtemp(prefix="shoal-tickets-")) / "shoal.db"
+    settings = Settings.load(config, env={"SHOAL_DB": str(db)})
     if model:
         settings.default_model = model
     tickets = [TicketRow(key=f"bitext:{i}", line=i, text=r["instruction"]) for i, r in enumerate(rows)]
@@ -101,5 +101,6 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--model", default=None)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--db", type=Path, default=None, help="database to use (re-running resumes it)")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.model, args.config))
+    asyncio.run(main(args.n, args.model, args.config, args.db))
