@@ -97,3 +97,16 @@ async def test_retries_transient_only() -> None:
     with pytest.raises(ModelNotFoundError):
         await with_retries(policy, missing)
     assert len(calls) == 1
+
+
+def test_record_json_matches_the_record() -> None:
+    import json
+
+    from shoal.models.base import Reply
+
+    request = ChatRequest(model="m", messages=[Message(role="user", content="héllo")], output_schema=Point)
+    assert json.loads(request.record_json()) == request.as_record()
+    plain = ChatRequest(model="m", messages=[Message(role="user", content="x")])
+    assert json.loads(plain.record_json())["output_schema"] is None
+    reply = Reply(text='{"x": 1, "y": 2}', parsed=Point(x=1, y=2), model="m", backend="embedded")
+    assert json.loads(reply.record_json()) == json.loads(json.dumps(reply.as_record()))

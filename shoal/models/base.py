@@ -103,6 +103,11 @@ class ChatRequest(BaseModel):
         data["output_schema"] = self.json_schema()
         return data
 
+    def record_json(self) -> str:
+        """`as_record()` as JSON text, built by pydantic's serializer (every call is stored)."""
+        schema = "null" if self.output_schema is None else schema_json_of(self.output_schema)
+        return self.model_dump_json(exclude={"output_schema"})[:-1] + ',"output_schema":' + schema + "}"
+
 
 class TopLogprob(BaseModel):
     token: str
@@ -169,6 +174,10 @@ class Reply(BaseModel):
         data = self.model_dump(exclude={"parsed"})
         data["parsed"] = None if self.parsed is None else self.parsed.model_dump(mode="json")
         return data
+
+    def record_json(self) -> str:
+        parsed = "null" if self.parsed is None else self.parsed.model_dump_json()
+        return self.model_dump_json(exclude={"parsed"})[:-1] + ',"parsed":' + parsed + "}"
 
 
 class ModelInfo(BaseModel):
@@ -286,6 +295,11 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     """A model's JSON schema, built once: pydantic rebuilds it on every call, and every
     request and every record of a request needs it."""
     return model.model_json_schema()
+
+
+@functools.lru_cache(maxsize=256)
+def schema_json_of(model: type[BaseModel]) -> str:
+    return json.dumps(schema_of(model), ensure_ascii=False)
 
 
 def schema_name(schema: type[BaseModel]) -> str:
