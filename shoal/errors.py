@@ -76,4 +76,6 @@ class SchemaValidationError(ModelError):
     def __init__(self, message: str, *, raw_text: str, model: str = "") -> None:
         self.raw_text = raw_text
         self.model = model
+        # the unparsed Reply, when a backend has one: the call still took time, tokens and money
+        self.reply: object | None = None
         super().__init__(message)

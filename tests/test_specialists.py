@@ -216,3 +216,28 @@ def test_bad_label_sets() -> None:
         Classifier(router, "scripted:x", ["only"])
     with pytest.raises(ValueError, match="not in the label set"):
         Classifier(router, "scripted:x", ["A", "B"], examples=[("hi", "C")])
+
+
+async def test_an_unparsable_reply_still_counts_its_cost() -> None:
+    from shoal.models.base import Usage
+
+    def answer(request: ChatRequest) -> Reply:
+        from shoal.models.base import parse_reply
+
+        reply = Reply(
+            text='{"label": "NOPE"}',
+            usage=Usage(input_tokens=900, output_tokens=12),
+            latency_s=0.25,
+            cost_usd=0.0003,
+            model="frontier",
+            backend="scripted",
+        )
+        return parse_reply(reply, request)
+
+    backend = ScriptedBackend(answer)
+    result = await Classifier(ModelRouter(lambda _: backend), "scripted:x", ["A", "B"]).run(TextInput(text="t"))
+    assert result.confidence == 0.0 and result.error
+    (call,) = result.calls
+    assert call.error_type == "SchemaValidationError" and call.reply is not None
+    assert call.reply.usage.output_tokens == 12 and call.latency_s == 0.25
+    assert result.cost_usd == pytest.approx(0.0003)

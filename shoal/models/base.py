@@ -254,6 +254,19 @@ def parse_structured(text: str, schema: type[M], *, model: str = "", cut_off: bo
         ) from None
 
 
+def parse_reply(reply: Reply, request: ChatRequest) -> Reply:
+    """Fill `reply.parsed` when the request asked for a schema; a failure keeps the reply."""
+    if request.output_schema is not None:
+        try:
+            reply.parsed = parse_structured(
+                reply.text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
+            )
+        except SchemaValidationError as exc:
+            exc.reply = reply
+            raise
+    return reply
+
+
 def _parse_structured(text: str, schema: type[M], model: str) -> M:
     body = text.strip()
     fenced = _FENCE.match(body)

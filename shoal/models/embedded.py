@@ -27,7 +27,7 @@ from shoal.models.base import (
     ModelInfo,
     Reply,
     Usage,
-    parse_structured,
+    parse_reply,
     token_logprobs,
 )
 
@@ -279,11 +279,7 @@ class EmbeddedBackend:
             backend=self.name,
             finish_reason=choice.get("finish_reason"),
         )
-        if request.output_schema is not None:
-            reply.parsed = parse_structured(
-                text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
-            )
-        return reply
+        return parse_reply(reply, request)
 
     @staticmethod
     def _complete(loaded: _LoadedModel, kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:

@@ -25,7 +25,7 @@ from shoal.models.base import (
     Reply,
     RetryPolicy,
     Usage,
-    parse_structured,
+    parse_reply,
     token_logprobs,
     with_retries,
 )
@@ -96,11 +96,7 @@ class OllamaBackend:
             backend=self.name,
             finish_reason=response.done_reason,
         )
-        if request.output_schema is not None:
-            reply.parsed = parse_structured(
-                text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
-            )
-        return reply
+        return parse_reply(reply, request)
 
     def _translate(self, exc: Exception, model: str) -> ModelError:
         if isinstance(exc, ModelError):

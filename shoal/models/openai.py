@@ -27,7 +27,7 @@ from shoal.models.base import (
     Reply,
     RetryPolicy,
     Usage,
-    parse_structured,
+    parse_reply,
     schema_name,
     token_logprobs,
     with_retries,
@@ -124,11 +124,7 @@ class OpenAIBackend:
             cost_usd=self.cost(request.model, usage),
             finish_reason=choice.finish_reason,
         )
-        if request.output_schema is not None:
-            reply.parsed = parse_structured(
-                text, request.output_schema, model=reply.ref, cut_off=reply.finish_reason == "length"
-            )
-        return reply
+        return parse_reply(reply, request)
 
     def _translate(self, exc: Exception, model: str) -> ModelError:
         openai = self._openai

@@ -56,14 +56,17 @@ class ModelRouter:
             reply = await self.backend(ref.backend).chat(request)
         except ModelError as exc:
             if record is not None:
+                failed = getattr(exc, "reply", None)  # an unparsable reply still cost time and tokens
+                failed = failed if isinstance(failed, Reply) else None
                 await record(
                     CallRecord(
                         ref=ref,
                         request=request,
+                        reply=failed,
                         error=str(exc),
                         error_type=type(exc).__name__,
                         raw_text=getattr(exc, "raw_text", None),
-                        latency_s=time.perf_counter() - started,
+                        latency_s=failed.latency_s if failed else time.perf_counter() - started,
                     )
                 )
             raise

@@ -18,7 +18,7 @@ from shoal.models.base import (
     ModelInfo,
     Reply,
     Usage,
-    parse_structured,
+    parse_reply,
 )
 
 Script = Callable[[ChatRequest], str | Reply | Exception]
@@ -60,9 +60,7 @@ class ScriptedBackend:
             model=request.model,
             backend=self.name,
         )
-        if request.output_schema is not None:
-            reply.parsed = parse_structured(answer, request.output_schema, model=reply.ref)
-        return reply
+        return parse_reply(reply, request)
 
     async def health(self) -> BackendHealth:
         return BackendHealth(backend=self.name, reachable=True, where="in process", models=[ModelInfo(name="script")])
