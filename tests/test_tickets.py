@@ -201,3 +201,40 @@ async def test_triage_api_with_rows(tmp_path: Path) -> None:
     assert outcome.status == "done" and outcome.queue == "billing", outcome
     assert outcome.fields["entities"]["output"] == {k: None for k in settings.tickets.entities} | {"order_id": "12345"}
     assert len(backend.requests) == 6
+
+
+async def test_answering_a_ticket_review_finishes_the_ticket(tmp_path: Path) -> None:
+    from shoal.models.router import ModelRouter
+    from shoal.models.scripted import ScriptedBackend
+
+    def answer(request: object) -> str:
+        schema = request.output_schema  # type: ignore[attr-defined]
+        labels = schema.model_json_schema().get("properties", {}).get("label", {}).get("enum", [])
+        if "PAYMENT" in labels:
+            return "{not json"  # the category comes back unusable: a person must decide
+        return {
+            "Label": json.dumps({"label": (labels or ["?"])[0]}),
+            "TicketEntities": '{"invoice_id": "5521"}',
+            "Summary": '{"summary": "Invoice 5521 is wrong", "key_points": []}',
+            "ReplyDraft": '{"reply": "Thank you, we are checking invoice 5521 for you now."}',
+        }[schema.__name__]
+
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {name: SpecialistSettings(threshold=0.0) for name in FIELDS}
+    backend = ScriptedBackend(answer)
+    async with Shoal(settings, router=ModelRouter(lambda _: backend)) as shoal:
+        (first,) = await shoal.triage([TicketRow(key="INV-1", line=1, text="my invoice 5521 is wrong")])
+        assert first.status == "waiting" and first.queue == "needs-review" and first.escalated == ["category"]
+        (review_id,) = first.reviews
+        report = await shoal.review(review_id, "INVOICE", who="agent-7")
+        assert report.status == "done"
+        ticket = shoal.store.get_ticket("INV-1")
+        assert ticket is not None and ticket.status == "done" and ticket.queue == "billing"
+        fields = json.loads(ticket.result_json or "{}")
+        assert fields["category"] == {
+            "output": {"label": "INVOICE", "labels": ["INVOICE"], "distribution": {}, "margin": 0.0},
+            "confidence": 1.0,
+            "answered_by": "human",
+            "status": "done",
+        }
+        assert len(backend.requests) == 6, "answering re-ran nothing"
