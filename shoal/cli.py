@@ -463,6 +463,14 @@ def _write_tickets(engine: Any, keys: list[str], out: Path) -> int:
     return len(records)
 
 
+@app.command()
+def tui(config: ConfigOption = None) -> None:
+    """Open the terminal UI: live runs, a run's steps and calls, the review queue."""
+    from shoal.tui.app import ShoalApp  # Textual loads only here
+
+    ShoalApp(_settings(config)).run()
+
+
 @app.command("eval")
 def eval_(
     data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL, or CLINC150-style JSON.")],

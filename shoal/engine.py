@@ -441,7 +441,9 @@ class Shoal:
         if isinstance(answer, str) and "label" in output_type.model_fields:
             answer = {"label": answer, "labels": [answer]}
         try:
-            return output_type.model_validate(answer).model_dump(mode="json")
+            output = output_type.model_validate(answer)
+            known.check_answer(output)
+            return output.model_dump(mode="json")
         except ValueError as exc:
             raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
 

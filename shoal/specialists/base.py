@@ -208,6 +208,10 @@ class Specialist(ABC, Generic[In, Out]):
         node.__name__ = f"{self.name}_node"
         return node
 
+    def check_answer(self, output: Out) -> None:
+        """Raise ValueError when a person's (or a frontier's) answer cannot be right for this
+        specialist beyond what its output type says (e.g. a label outside the set)."""
+
     def agree(self, a: Out, b: Out) -> bool:
         """Whether two outputs count as the same answer (for self-consistency resampling)."""
         return a.model_dump(mode="json") == b.model_dump(mode="json")

@@ -185,5 +185,10 @@ class Classifier(Specialist[TextInput, Classification]):
                 found.append(label_distribution(tokens, at + 1, list(self.labels)))
         return found
 
+    def check_answer(self, output: Classification) -> None:
+        unknown = [label for label in (output.labels or [output.label]) if label not in self.labels]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} not among the labels: {', '.join(self.labels)}")
+
     def agree(self, a: Classification, b: Classification) -> bool:
         return sorted(a.labels or [a.label]) == sorted(b.labels or [b.label])

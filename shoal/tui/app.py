@@ -1,0 +1,327 @@
+"""`shoal tui`: live runs, a run's steps and model calls, and the human review queue.
+
+The screens read the store (so runs of other processes on the same database show up live) and
+act through the engine (`Shoal.review`); they never talk to a model backend. Answering a
+review resumes its run in a Textual worker, so the interface stays responsive while models run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static, Tree
+
+from shoal.config import Settings
+from shoal.store import Store
+from shoal.tui.data import STATUSES, evidence_text, pretty, question_text, run_lines
+
+
+class RunsScreen(Screen[None]):
+    """Every run and ticket batch item, newest first, refreshed every second."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Open run"),
+        Binding("f", "filter", "Filter status"),
+        Binding("v", "app.reviews", "Review queue"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_filter: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="filter-bar")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.add_columns("run", "workflow", "status", "steps", "escalations", "reviews", "cost", "task")
+        self.action_refresh()
+        self.set_interval(1.0, self.action_refresh)
+
+    @property
+    def store(self) -> Store:
+        return self.app.store  # type: ignore[attr-defined,no-any-return]
+
+    def action_refresh(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        selected = self._selected()
+        table.clear()
+        for line in run_lines(self.store, self.status_filter):
+            table.add_row(
+                line.id,
+                line.workflow,
+                line.status,
+                f"{line.steps_done}/{line.steps}",
+                str(line.escalations),
+                str(line.reviews) if line.reviews else "",
+                f"${line.cost_usd:.4f}",
+                line.task,
+                key=line.id,
+            )
+        if selected is not None and selected in table.rows:
+            table.move_cursor(row=table.get_row_index(selected))
+        shown = self.status_filter or "all"
+        self.query_one("#filter-bar", Static).update(f"status: {shown}  ({table.row_count} runs)  f: next filter")
+
+    def _selected(self) -> str | None:
+        table = self.query_one("#runs", DataTable)
+        if table.row_count == 0:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def action_filter(self) -> None:
+        position = STATUSES.index(self.status_filter)
+        self.status_filter = STATUSES[(position + 1) % len(STATUSES)]
+        self.action_refresh()
+
+    def action_open(self) -> None:
+        run_id = self._selected()
+        if run_id is not None:
+            self.app.push_screen(RunScreen(run_id))
+
+    @on(DataTable.RowSelected, "#runs")
+    def _open_row(self, event: DataTable.RowSelected) -> None:
+        self.app.push_screen(RunScreen(str(event.row_key.value)))
+
+
+class RunScreen(Screen[None]):
+    """One run: its steps with confidence and evidence, escalations, and every model call."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="run-header")
+        with Horizontal():
+            yield Tree("plan", id="steps")
+            with Vertical():
+                yield DataTable(id="calls", cursor_type="row")
+                yield Static("", id="detail-pane")
+        yield Footer()
+
+    @property
+    def store(self) -> Store:
+        return self.app.store  # type: ignore[attr-defined,no-any-return]
+
+    def on_mount(self) -> None:
+        self.query_one("#calls", DataTable).add_columns("#", "step", "model", "tokens", "latency", "cost", "error")
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        run = self.store.find_run(self.run_id)
+        self.query_one("#run-header", Static).update(
+            f"run {run.id} · {run.workflow} · {run.status} · {run.model_calls} calls · {run.escalations} escalations"
+            f" · ${run.cost_usd:.4f}\n{' '.join(run.task.split())[:300]}"
+            + (f"\nerror: {run.error}" if run.error else "")
+        )
+        tree = self.query_one("#steps", Tree)
+        tree.clear()
+        tree.root.expand()
+        escalations = self.store.escalations(run.id)
+        for step in self.store.steps(run.id):
+            confidence = "-" if step.confidence is None else f"{step.confidence:.2f}"
+            node = tree.root.add(
+                f"{step.step_id} · {step.specialist} · {step.status} · {confidence} · {step.answered_by or ''}",
+                data={"kind": "step", "id": step.step_id},
+                expand=True,
+            )
+            node.add_leaf(f"model {step.model or '-'}")
+            for line in evidence_text(step.evidence_json).splitlines():
+                node.add_leaf(line.strip())
+            if step.output_json:
+                node.add_leaf(f"output {step.output_json[:200]}")
+            for item in (e for e in escalations if e.step_id == step.step_id):
+                after = "-" if item.confidence_after is None else f"{item.confidence_after:.2f}"
+                rung = f"↑ {item.rung} {item.outcome} {item.confidence_before:.2f}→{after} ${item.cost_usd:.4f}"
+                node.add_leaf(f"{rung}: {item.reason}")
+        calls = self.query_one("#calls", DataTable)
+        calls.clear()
+        for call in self.store.model_calls(run.id):
+            calls.add_row(
+                str(call.id),
+                call.step_id or "-",
+                call.model,
+                f"{call.tokens_in}+{call.tokens_out}",
+                f"{call.latency_s:.2f}s",
+                f"${call.cost_usd:.4f}",
+                (call.error or "")[:60],
+                key=str(call.id),
+            )
+
+    @on(DataTable.RowHighlighted, "#calls")
+    def _show_call(self, event: DataTable.RowHighlighted) -> None:
+        call_id = int(str(event.row_key.value))
+        call = next((c for c in self.store.model_calls(self.run_id) if c.id == call_id), None)
+        if call is not None:
+            reply = call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text})
+            self.query_one("#detail-pane", Static).update(
+                f"prompt:\n{pretty(call.request_json)}\n\nreply:\n{pretty(reply)}"
+            )
+
+
+class ReviewScreen(Screen[None]):
+    """Decisions waiting for a person: accept the best answer, or type one (a label or JSON)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("a", "accept", "Accept best answer"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    class Answered(Message):
+        def __init__(self, review_id: int, status: str, error: str | None = None) -> None:
+            super().__init__()
+            self.review_id = review_id
+            self.status = status
+            self.error = error
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="reviews", cursor_type="row")
+        yield Static("", id="question")
+        yield Input(placeholder="answer: a label, or JSON of the specialist's output; enter to send", id="answer")
+        yield Footer()
+
+    @property
+    def store(self) -> Store:
+        return self.app.store  # type: ignore[attr-defined,no-any-return]
+
+    def on_mount(self) -> None:
+        self.query_one("#reviews", DataTable).add_columns("id", "run", "step", "specialist", "confidence")
+        self.action_refresh()
+        self.set_interval(2.0, self.action_refresh)
+
+    def action_refresh(self) -> None:
+        table = self.query_one("#reviews", DataTable)
+        selected = self.selected()
+        table.clear()
+        for review in self.store.reviews(status="pending"):
+            question = json.loads(review.question_json)
+            table.add_row(
+                str(review.id),
+                review.run_id,
+                review.step_id,
+                review.specialist,
+                f"{question.get('confidence', 0):.2f}",
+                key=str(review.id),
+            )
+        if selected is not None and str(selected) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(selected)))
+        if table.row_count == 0:
+            self.query_one("#question", Static).update("no decisions waiting")
+
+    def selected(self) -> int | None:
+        table = self.query_one("#reviews", DataTable)
+        if table.row_count == 0:
+            return None
+        return int(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+
+    @on(DataTable.RowHighlighted, "#reviews")
+    def _show(self, event: DataTable.RowHighlighted) -> None:
+        review = self.store.get_review(int(str(event.row_key.value)))
+        self.query_one("#question", Static).update(question_text(json.loads(review.question_json)))
+
+    def action_accept(self) -> None:
+        review_id = self.selected()
+        if review_id is None:
+            return
+        best = json.loads(self.store.get_review(review_id).question_json).get("best_answer")
+        if best is None:
+            self.notify("the models gave no answer to accept: type one", severity="warning")
+            return
+        self.answer(review_id, best)
+
+    @on(Input.Submitted, "#answer")
+    def _typed(self, event: Input.Submitted) -> None:
+        review_id = self.selected()
+        if review_id is None or not event.value.strip():
+            return
+        try:
+            value: Any = json.loads(event.value)
+        except ValueError:
+            value = event.value.strip()  # a bare label
+        event.input.value = ""
+        self.answer(review_id, value)
+
+    @work(exclusive=False, group="reviews")
+    async def answer(self, review_id: int, value: Any) -> None:
+        self.notify(f"review {review_id}: answer sent, resuming its run")
+        try:
+            report = await self.app.engine.review(review_id, value, who="tui")  # type: ignore[attr-defined]
+        except Exception as exc:  # shown to the operator, the app keeps running
+            self.post_message(self.Answered(review_id, "error", str(exc)))
+            return
+        self.post_message(self.Answered(review_id, report.status))
+
+    @on(Answered)
+    def _answered(self, message: Answered) -> None:
+        if message.error:
+            self.notify(f"review {message.review_id}: {message.error}", severity="error", timeout=8)
+        else:
+            self.notify(f"review {message.review_id} answered; run is {message.status}")
+        self.action_refresh()
+
+
+class ShoalApp(App[None]):
+    TITLE = "shoal"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("v", "reviews", "Reviews"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, settings: Settings | None = None, *, engine: Any = None) -> None:
+        super().__init__()
+        self.settings = settings or Settings.load()
+        self._engine = engine
+        self.store = engine.store if engine is not None else Store(self.settings.db_path)
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:  # built on first use: reading runs needs no models
+            from shoal.engine import Shoal
+
+            self._engine = Shoal(self.settings, store=self.store)
+        return self._engine
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.store.path)
+        self.push_screen(RunsScreen())
+
+    def action_reviews(self) -> None:
+        if not isinstance(self.screen, ReviewScreen):
+            self.push_screen(ReviewScreen())
+
+    def action_help(self) -> None:
+        self.notify(
+            "Runs: enter opens a run, f cycles the status filter, v opens the review queue.\n"
+            "Run: arrows move through model calls; escape goes back.\n"
+            "Reviews: a accepts the best answer, or type a label / JSON and press enter.\n"
+            "ctrl+p opens the command palette.",
+            title="shoal",
+            timeout=10,
+        )
+
+    async def on_unmount(self) -> None:
+        if self._engine is not None:
+            await self._engine.aclose()

@@ -1,0 +1,120 @@
+"""The TUI under `App.run_test()`, on a real SQLite database filled by real runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shoal.config import Settings, SpecialistSettings
+from shoal.engine import Shoal
+from shoal.models.router import ModelRouter
+from shoal.models.scripted import ScriptedBackend
+
+pytest.importorskip("textual")
+
+from textual.widgets import DataTable, Input, Static, Tree
+
+from shoal.tui.app import ReviewScreen, RunScreen, RunsScreen, ShoalApp
+
+PLAN = {
+    "steps": [
+        {"id": "kind", "specialist": "classifier", "instruction": "category", "inputs": ["task"]},
+        {"id": "ids", "specialist": "extractor", "instruction": "ids", "inputs": ["task"]},
+    ]
+}
+
+
+def answers(request: object) -> str:
+    name = request.output_schema.__name__  # type: ignore[attr-defined]
+    return '{"label": "REFUND"}' if name == "Label" else '{"ids": ["70012345"]}'
+
+
+async def filled(tmp_path: Path, *, classifier_threshold: float) -> Shoal:
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {
+        "classifier": SpecialistSettings(threshold=classifier_threshold),
+        "extractor": SpecialistSettings(threshold=0.0),
+    }
+    backend = ScriptedBackend(answers)
+    shoal = Shoal(settings, router=ModelRouter(lambda _: backend))
+    await shoal.run("Order 70012345 arrived broken, refund please", plan=PLAN)
+    return shoal
+
+
+async def test_runs_screen_lists_and_filters_runs(tmp_path: Path) -> None:
+    shoal = await filled(tmp_path, classifier_threshold=0.0)  # done
+    await shoal.run("A second ticket about order 70012345", plan=PLAN)
+    shoal.settings.specialists["classifier"] = SpecialistSettings(threshold=1.0)
+    shoal.specialists = shoal.default_specialists()
+    shoal._graphs.clear()
+    waiting = await shoal.run("A third one, refund for 70012345", plan=PLAN)
+    assert waiting.status == "waiting"
+    app = ShoalApp(shoal.settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs", DataTable)
+        assert table.row_count == 3
+        statuses = sorted(str(table.get_row_at(i)[2]) for i in range(3))
+        assert statuses == ["done", "done", "waiting"]
+        await pilot.press("f")  # running
+        await pilot.press("f")  # waiting
+        assert screen.status_filter == "waiting" and table.row_count == 1
+        assert str(table.get_row_at(0)[0]) == waiting.run_id and str(table.get_row_at(0)[5]) == "1"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, RunScreen) and app.screen.run_id == waiting.run_id
+        tree = app.screen.query_one("#steps", Tree)
+        labels = [str(node.label) for node in tree.root.children]
+        assert any(label.startswith("kind · classifier · waiting") for label in labels)
+        assert any(label.startswith("ids · extractor · done") for label in labels)
+        calls = app.screen.query_one("#calls", DataTable)
+        assert calls.row_count == 2
+        await pilot.press("down")
+        detail = str(app.screen.query_one("#detail-pane", Static).render())
+        assert "prompt:" in detail and "reply:" in detail
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_answering_a_review_resumes_its_run(tmp_path: Path) -> None:
+    shoal = await filled(tmp_path, classifier_threshold=1.0)  # the classifier waits for a person
+    run = shoal.store.list_runs()[0]
+    assert run.status == "waiting"
+    app = ShoalApp(shoal.settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("v")
+        assert isinstance(app.screen, ReviewScreen)
+        screen = app.screen
+        table = screen.query_one("#reviews", DataTable)
+        assert table.row_count == 1
+        text = str(screen.query_one("#question", Static).render())
+        assert "small model" in text and "why it is here" in text
+        screen.query_one("#answer", Input).focus()
+        await pilot.press(*"INVOICE", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert table.row_count == 0
+    finished = shoal.store.get_run(run.id)
+    assert finished is not None and finished.status == "done"
+    kind = shoal.store.finished_step(run.id, "kind")
+    assert (
+        kind is not None and kind.answered_by == "human" and json.loads(kind.output_json or "{}")["label"] == "INVOICE"
+    )
+    assert kind.model == "human:tui"
+
+
+async def test_a_wrong_answer_is_shown_and_nothing_changes(tmp_path: Path) -> None:
+    shoal = await filled(tmp_path, classifier_threshold=1.0)
+    app = ShoalApp(shoal.settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("v")
+        screen = app.screen
+        screen.query_one("#answer", Input).focus()
+        await pilot.press(*"NOT_A_LABEL", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.query_one("#reviews", DataTable).row_count == 1
+    assert shoal.store.reviews(status="pending")
