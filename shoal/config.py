@@ -224,6 +224,30 @@ class Settings(_Section):
         return settings
 
 
+def save_specialist(path: Path, name: str, *, model: str | None = None, threshold: float | None = None) -> Path:
+    """Write one specialist's model and/or threshold into a shoal.toml, keeping everything else
+    in the file (comments and layout included), and check the result still loads."""
+    import tomlkit
+
+    if model is not None:
+        ModelRef.parse(model)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold {threshold} is outside 0..1")
+    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    specialists = document.setdefault("specialists", tomlkit.table(is_super_table=True))
+    section = specialists.setdefault(name, tomlkit.table())
+    if model is not None:
+        section["model"] = model
+    if threshold is not None:
+        section["threshold"] = round(threshold, 4)
+    text = tomlkit.dumps(document)
+    Settings.model_validate(tomllib.loads(text))  # never write a file shoal then refuses to read
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def find_config(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
     if path is not None:
         return Path(path).expanduser()

@@ -28,11 +28,12 @@ from pydantic import BaseModel, Field
 
 from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.planner import DESCRIPTIONS, Plan, PlanError, Planner
-from shoal.backends import build_router
+from shoal.backends import build_backend, build_router
 from shoal.config import Settings
 from shoal.errors import ShoalError
 from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
 from shoal.graphs.tickets import TICKET_PLAN, BadRow, TicketRow, route, text_hash, ticket_specialists
+from shoal.models.base import BACKENDS, BackendHealth, RetryPolicy
 from shoal.models.router import ModelRouter
 from shoal.specialists.base import Specialist
 from shoal.specialists.classifier import Classifier
@@ -338,6 +339,28 @@ class Shoal:
             if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
                 resume[pending.id] = {"answer": validated, "who": who}
         return await self._drive(row.run_id, Command(resume=resume) if resume else None)
+
+    async def health(self) -> list[BackendHealth]:
+        """Each backend: reachable or not (and why), with its models; one quick attempt each."""
+        quick = self.settings.model_copy(update={"retry": RetryPolicy(attempts=1)})
+        results = []
+        for name in BACKENDS:
+            try:
+                backend = build_backend(name, quick)
+            except ShoalError as exc:
+                results.append(BackendHealth(backend=name, reachable=False, where="", reason=str(exc)))
+                continue
+            try:
+                results.append(await backend.health())
+            finally:
+                await backend.aclose()
+        return results
+
+    def specialist_settings(self) -> list[tuple[str, str, float]]:
+        """(name, model, threshold) for the task and ticket specialists, as configured now."""
+        rows = [(name, str(s.model), s.threshold) for name, s in self.specialists.items()]
+        rows += [(name, str(s.model), s.threshold) for name, s in self.ticket_specialists().items()]
+        return [("planner", str(self.planner.model), self.planner.threshold), *rows]
 
     # --- tickets --------------------------------------------------------------------------
 

@@ -118,3 +118,75 @@ async def test_a_wrong_answer_is_shown_and_nothing_changes(tmp_path: Path) -> No
         await pilot.pause()
         assert screen.query_one("#reviews", DataTable).row_count == 1
     assert shoal.store.reviews(status="pending")
+
+
+async def test_models_screen_edits_a_threshold_into_shoal_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    from shoal.tui.app import ModelsScreen
+
+    config = tmp_path / "shoal.toml"
+    config.write_text("# my settings\n[specialists.extractor]\nthreshold = 0.6  # keep this comment\n")
+    settings = Settings.load(config, env={"SHOAL_DB": str(tmp_path / "shoal.db"), "OLLAMA_HOST": "127.0.0.1:9"})
+    app = ShoalApp(settings)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("m")
+        assert isinstance(app.screen, ModelsScreen)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        backends = app.screen.query_one("#backends", DataTable)
+        rows = {str(backends.get_row_at(i)[0]): str(backends.get_row_at(i)[1]) for i in range(backends.row_count)}
+        assert rows["ollama"].startswith("unavailable") and rows["embedded"] == "ready"
+        table = app.screen.query_one("#specialists", DataTable)
+        names = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert {"planner", "classifier", "extractor", "category", "intent", "reply"} <= set(names)
+        table.move_cursor(row=names.index("classifier"))
+        await pilot.press("e")
+        edit = app.screen.query_one("#edit", Input)
+        edit.value = "embedded:smollm2-135m 0.55"
+        await pilot.press("enter")
+        await pilot.pause()
+    saved = config.read_text()
+    assert "# keep this comment" in saved and "# my settings" in saved
+    data = tomllib.loads(saved)
+    assert data["specialists"]["classifier"] == {"model": "embedded:smollm2-135m", "threshold": 0.55}
+    assert data["specialists"]["extractor"]["threshold"] == 0.6
+    assert app.settings.threshold_for("classifier", 0.7) == 0.55
+
+
+def ticket_answers(request: object) -> str:
+    schema = request.output_schema  # type: ignore[attr-defined]
+    labels = schema.model_json_schema().get("properties", {}).get("label", {}).get("enum", [])
+    if schema.__name__ == "Label":
+        return json.dumps({"label": "PAYMENT" if "PAYMENT" in labels else labels[0]})
+    return {
+        "TicketEntities": '{"invoice_id": "5521"}',
+        "Summary": '{"summary": "Invoice 5521 is wrong", "key_points": []}',
+        "ReplyDraft": '{"reply": "Thank you, we are checking invoice 5521 for you now."}',
+    }[schema.__name__]
+
+
+async def test_a_batch_started_from_new_task_appears_on_runs(tmp_path: Path) -> None:
+    from shoal.graphs.tickets import FIELDS
+
+    tickets = tmp_path / "t.jsonl"
+    tickets.write_text('{"instruction": "my invoice 5521 is wrong"}\n{"instruction": ""}\n')
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {name: SpecialistSettings(threshold=0.0) for name in FIELDS}
+    backend = ScriptedBackend(ticket_answers)
+    shoal = Shoal(settings, router=ModelRouter(lambda _: backend))
+    app = ShoalApp(settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.press(*f"triage {tickets}", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        screen.action_refresh()
+        table = screen.query_one("#runs", DataTable)
+        assert table.row_count == 1
+        row = table.get_row_at(0)
+        assert str(row[1]) == "tickets" and str(row[2]) == "done" and str(row[3]) == "6/6"
+    rejected = [t for t in shoal.store.tickets() if t.status == "rejected"]
+    assert len(rejected) == 1 and rejected[0].error == "the text is empty"

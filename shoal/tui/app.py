@@ -7,6 +7,7 @@ review resumes its run in a Textual worker, so the interface stays responsive wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -281,14 +282,132 @@ class ReviewScreen(Screen[None]):
         self.action_refresh()
 
 
+class ModelsScreen(Screen[None]):
+    """Backends and their health; each specialist's model and threshold, editable into shoal.toml."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("e", "edit", "Edit model/threshold"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    class Checked(Message):
+        def __init__(self, rows: list[Any]) -> None:
+            super().__init__()
+            self.rows = rows
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="backends", cursor_type="row")
+        yield DataTable(id="specialists", cursor_type="row")
+        yield Input(placeholder="MODEL THRESHOLD, e.g. ollama:qwen2.5:3b 0.7 (enter saves to shoal.toml)", id="edit")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#backends", DataTable).add_columns("backend", "status", "where", "models")
+        self.query_one("#specialists", DataTable).add_columns("specialist", "model", "threshold")
+        self.query_one("#edit", Input).display = False
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        table = self.query_one("#specialists", DataTable)
+        table.clear()
+        for name, model, threshold in self.app.engine.specialist_settings():  # type: ignore[attr-defined]
+            table.add_row(name, model, f"{threshold:.2f}", key=name)
+        self.check_backends()
+
+    @work(exclusive=True, group="health")
+    async def check_backends(self) -> None:
+        rows = await self.app.engine.health()  # type: ignore[attr-defined]
+        self.post_message(self.Checked(rows))
+
+    @on(Checked)
+    def _checked(self, message: Checked) -> None:
+        table = self.query_one("#backends", DataTable)
+        table.clear()
+        for row in message.rows:
+            models = ", ".join(m.name for m in row.models[:6]) or "-"
+            status = "ready" if row.reachable else f"unavailable: {row.reason[:80]}"
+            table.add_row(row.backend, status, row.where, models)
+
+    def action_edit(self) -> None:
+        table = self.query_one("#specialists", DataTable)
+        if table.row_count == 0:
+            return
+        _, model, threshold = table.get_row_at(table.cursor_row)
+        edit = self.query_one("#edit", Input)
+        edit.display = True
+        edit.value = f"{model} {threshold}"
+        edit.focus()
+
+    @on(Input.Submitted, "#edit")
+    def _save(self, event: Input.Submitted) -> None:
+        from shoal.config import save_specialist
+        from shoal.errors import ConfigError
+
+        table = self.query_one("#specialists", DataTable)
+        name = str(table.get_row_at(table.cursor_row)[0])
+        parts = event.value.split()
+        try:
+            if len(parts) != 2:
+                raise ConfigError("give MODEL THRESHOLD, e.g. embedded:smollm2-135m 0.7")
+            threshold = float(parts[1])
+            settings = self.app.settings  # type: ignore[attr-defined]
+            path = settings.source or Path.cwd() / "shoal.toml"
+            save_specialist(path, name, model=parts[0], threshold=threshold)
+        except (ValueError, ConfigError) as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.app.reload_settings(path)  # type: ignore[attr-defined]
+        event.input.display = False
+        self.notify(f"{name}: {parts[0]} at {threshold:.2f}, saved to {path}")
+        self.action_refresh()
+
+
+class NewTaskScreen(Screen[None]):
+    """Start a task (planned by the shoal) or a ticket batch (a CSV/JSONL path)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(
+            "Type a task for the planner, or 'triage PATH' to triage a ticket file (CSV/JSONL, text column "
+            "'instruction'). Enter starts it; watch it on Runs.",
+            id="help-text",
+        )
+        yield Input(placeholder="task text, or: triage examples/tickets.csv", id="task")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#task", Input).focus()
+
+    @on(Input.Submitted, "#task")
+    def _start(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            self.notify("type a task first", severity="warning")
+            return
+        self.app.start(text)  # type: ignore[attr-defined]
+        self.app.pop_screen()
+
+
 class ShoalApp(App[None]):
     TITLE = "shoal"
     CSS_PATH = Path(__file__).with_name("app.tcss")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("v", "reviews", "Reviews"),
+        Binding("n", "new_task", "New task"),
+        Binding("m", "models", "Models"),
         Binding("question_mark", "help", "Help"),
     ]
+
+    class Started(Message):
+        def __init__(self, what: str, summary: str) -> None:
+            super().__init__()
+            self.what = what
+            self.summary = summary
 
     def __init__(self, settings: Settings | None = None, *, engine: Any = None) -> None:
         super().__init__()
@@ -312,11 +431,62 @@ class ShoalApp(App[None]):
         if not isinstance(self.screen, ReviewScreen):
             self.push_screen(ReviewScreen())
 
+    def action_new_task(self) -> None:
+        self.push_screen(NewTaskScreen())
+
+    def action_models(self) -> None:
+        if not isinstance(self.screen, ModelsScreen):
+            self.push_screen(ModelsScreen())
+
+    def reload_settings(self, path: Path) -> None:
+        """New thresholds and models take effect for work started from now on."""
+        self.settings = Settings.load(path)
+        if self._engine is not None:
+            old = self._engine
+            from shoal.engine import Shoal
+
+            self._engine = Shoal(self.settings, store=self.store)
+            self.run_worker(old.aclose(), group="close")
+
+    @work(group="tasks")
+    async def start(self, text: str) -> None:
+        """Run a task or a ticket batch in the background; Runs shows it as it goes."""
+        if text.startswith("triage "):
+            from shoal.graphs.tickets import read_tickets
+
+            path = Path(text.removeprefix("triage ").strip())
+            try:
+                rows = await asyncio.to_thread(
+                    lambda: list(read_tickets(path.expanduser(), max_chars=self.settings.tickets.max_chars))
+                )
+            except (OSError, ValueError) as exc:
+                self.notify(str(exc), severity="error")
+                return
+            try:
+                outcomes = await self.engine.triage(rows, source=path.name)
+            except Exception as exc:  # shown to the operator; finished tickets are saved
+                self.notify(f"triage stopped: {exc}", severity="error", timeout=10)
+                return
+            done = sum(o.status == "done" for o in outcomes)
+            waiting = sum(o.status == "waiting" for o in outcomes)
+            self.post_message(self.Started(f"triage {path.name}", f"{done} done, {waiting} waiting for review"))
+            return
+        try:
+            report = await self.engine.run(text)
+        except Exception as exc:  # shown to the operator; the app keeps running
+            self.notify(f"task failed: {exc}", severity="error", timeout=10)
+            return
+        self.post_message(self.Started(f"run {report.run_id}", report.summary()))
+
+    def on_shoal_app_started(self, message: Started) -> None:
+        self.notify(f"{message.what}: {message.summary}", timeout=8)
+
     def action_help(self) -> None:
         self.notify(
-            "Runs: enter opens a run, f cycles the status filter, v opens the review queue.\n"
+            "Runs: enter opens a run, f cycles the status filter, v the review queue, n a new task, m models.\n"
             "Run: arrows move through model calls; escape goes back.\n"
             "Reviews: a accepts the best answer, or type a label / JSON and press enter.\n"
+            "Models: e edits a specialist's model and threshold (saved to shoal.toml).\n"
             "ctrl+p opens the command palette.",
             title="shoal",
             timeout=10,
