@@ -290,8 +290,16 @@ class Shoal:
 
     # --- running --------------------------------------------------------------------------
 
-    async def run(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
-        """Plan (unless a plan is given) and run a task; returns when it is done or waits for a person."""
+    async def run(
+        self,
+        task: str | bytes,
+        *,
+        plan: Plan | dict[str, Any] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> RunReport:
+        """Plan (unless a plan is given) and run a task; returns when it is done or waits for a person.
+
+        `on_start` gets the run id as soon as the run exists (to show it, or to cancel it)."""
         text = check_task(task, self.settings.max_task_chars)
         chosen = None
         if plan is not None:
@@ -302,6 +310,8 @@ class Shoal:
         if chosen is not None:
             self.store.update_run(run_id, plan_json=chosen.model_dump_json())
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
+        if on_start is not None:
+            on_start(run_id)
         return await self._drive(run_id, state)
 
     def run_sync(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:

@@ -190,3 +190,31 @@ async def test_a_batch_started_from_new_task_appears_on_runs(tmp_path: Path) -> 
         assert str(row[1]) == "tickets" and str(row[2]) == "done" and str(row[3]) == "6/6"
     rejected = [t for t in shoal.store.tickets() if t.status == "rejected"]
     assert len(rejected) == 1 and rejected[0].error == "the text is empty"
+
+
+async def test_retry_finishes_a_failed_run(tmp_path: Path) -> None:
+    from shoal.errors import BackendUnavailableError
+
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {"classifier": SpecialistSettings(threshold=0.0)}
+    down = ScriptedBackend([BackendUnavailableError("cannot reach Ollama")])
+    broken = Shoal(settings, router=ModelRouter(lambda _: down))
+    with pytest.raises(BackendUnavailableError):
+        await broken.run("refund please", plan={"steps": [PLAN["steps"][0]]})
+    await broken.aclose()
+    run = broken.store.list_runs()[0]
+    assert run.status == "failed"
+
+    up = ScriptedBackend(answers)
+    shoal = Shoal(settings, router=ModelRouter(lambda _: up))
+    app = ShoalApp(settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("enter")
+        assert isinstance(app.screen, RunScreen)
+        await pilot.press("c")  # not running here: says so, changes nothing
+        await pilot.press("t")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    finished = shoal.store.get_run(run.id)
+    assert finished is not None and finished.status == "done"
+    assert len(up.requests) == 1

@@ -103,6 +103,8 @@ class RunScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("r", "refresh", "Refresh"),
+        Binding("t", "retry", "Retry failed steps"),
+        Binding("c", "cancel", "Cancel run"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -167,6 +169,17 @@ class RunScreen(Screen[None]):
                 (call.error or "")[:60],
                 key=str(call.id),
             )
+
+    def action_retry(self) -> None:
+        run = self.store.find_run(self.run_id)
+        if run.status not in ("failed", "stopped"):
+            self.notify(f"run {run.id} is {run.status}: only failed or stopped runs are retried", severity="warning")
+            return
+        self.app.resume(run.id)  # type: ignore[attr-defined]
+
+    def action_cancel(self) -> None:
+        if not self.app.cancel(self.run_id):  # type: ignore[attr-defined]
+            self.notify("this run is not running in this window; stop its process (finished steps are kept)")
 
     @on(DataTable.RowHighlighted, "#calls")
     def _show_call(self, event: DataTable.RowHighlighted) -> None:
@@ -414,6 +427,7 @@ class ShoalApp(App[None]):
         self.settings = settings or Settings.load()
         self._engine = engine
         self.store = engine.store if engine is not None else Store(self.settings.db_path)
+        self._run_workers: dict[str, Any] = {}
 
     @property
     def engine(self) -> Any:
@@ -448,6 +462,27 @@ class ShoalApp(App[None]):
             self._engine = Shoal(self.settings, store=self.store)
             self.run_worker(old.aclose(), group="close")
 
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run this window started; its finished steps stay, `t` or `shoal resume` go on."""
+        worker = self._run_workers.get(run_id)
+        if worker is None or worker.is_finished:
+            return False
+        worker.cancel()
+        self.notify(f"run {run_id} cancelled; finished steps are kept")
+        return True
+
+    @work(group="tasks")
+    async def resume(self, run_id: str) -> None:
+        from textual.worker import get_current_worker
+
+        self._run_workers[run_id] = get_current_worker()
+        try:
+            report = await self.engine.resume(run_id)
+        except Exception as exc:  # shown to the operator; the app keeps running
+            self.notify(f"retry of {run_id} failed: {exc}", severity="error", timeout=10)
+            return
+        self.post_message(self.Started(f"run {run_id}", report.summary()))
+
     @work(group="tasks")
     async def start(self, text: str) -> None:
         """Run a task or a ticket batch in the background; Runs shows it as it goes."""
@@ -471,8 +506,11 @@ class ShoalApp(App[None]):
             waiting = sum(o.status == "waiting" for o in outcomes)
             self.post_message(self.Started(f"triage {path.name}", f"{done} done, {waiting} waiting for review"))
             return
+        from textual.worker import get_current_worker
+
+        worker = get_current_worker()
         try:
-            report = await self.engine.run(text)
+            report = await self.engine.run(text, on_start=lambda run_id: self._run_workers.__setitem__(run_id, worker))
         except Exception as exc:  # shown to the operator; the app keeps running
             self.notify(f"task failed: {exc}", severity="error", timeout=10)
             return
