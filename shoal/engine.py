@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -365,6 +365,17 @@ class Shoal:
             finally:
                 await backend.aclose()
         return results
+
+    async def pull(self, model: str) -> AsyncIterator[Any]:
+        """Pull a model into the configured Ollama server, yielding its progress lines."""
+        from shoal.models.ollama import OllamaBackend
+
+        backend = OllamaBackend(self.settings.ollama.host, retry=RetryPolicy(attempts=1))
+        try:
+            async for step in backend.pull(model):
+                yield step
+        finally:
+            await backend.aclose()
 
     def specialist_settings(self) -> list[tuple[str, str, float]]:
         """(name, model, threshold) for the task and ticket specialists, as configured now."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,35 @@ async def test_retry_finishes_a_failed_run(tmp_path: Path) -> None:
     finished = shoal.store.get_run(run.id)
     assert finished is not None and finished.status == "done"
     assert len(up.requests) == 1
+
+
+async def test_models_screen_pulls_with_progress(tmp_path: Path, server: Any) -> None:
+    from httpfake import Answer
+    from textual.widgets import ProgressBar
+
+    from shoal.tui.app import ModelsScreen
+
+    server.always("/api/tags", Answer(body={"models": []}))
+    server.add(
+        "/api/pull",
+        Answer(
+            stream=[
+                {"status": "pulling manifest"},
+                {"status": "pulling abc", "digest": "sha256:abc", "total": 1000, "completed": 250},
+                {"status": "pulling abc", "digest": "sha256:abc", "total": 1000, "completed": 1000},
+                {"status": "success"},
+            ]
+        ),
+    )
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db"), "OLLAMA_HOST": server.url})
+    app = ShoalApp(settings)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("m")
+        assert isinstance(app.screen, ModelsScreen)
+        await pilot.press("p", *"qwen2.5:3b", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        bar = app.screen.query_one("#pull-progress", ProgressBar)
+        assert bar.total == 1000 and bar.progress == 1000
+        assert "pulled qwen2.5:3b" in str(app.screen.query_one("#pull-status", Static).render())
+    assert server.bodies("/api/pull")[0]["model"] == "qwen2.5:3b"

@@ -18,7 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static, Tree
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, Tree
 
 from shoal.config import Settings
 from shoal.store import Store
@@ -301,6 +301,7 @@ class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("e", "edit", "Edit model/threshold"),
+        Binding("p", "pull", "Pull Ollama model"),
         Binding("r", "refresh", "Refresh"),
     ]
 
@@ -314,12 +315,17 @@ class ModelsScreen(Screen[None]):
         yield DataTable(id="backends", cursor_type="row")
         yield DataTable(id="specialists", cursor_type="row")
         yield Input(placeholder="MODEL THRESHOLD, e.g. ollama:qwen2.5:3b 0.7 (enter saves to shoal.toml)", id="edit")
+        yield Input(placeholder="Ollama model to pull, e.g. qwen2.5:3b (enter starts)", id="pull")
+        yield ProgressBar(id="pull-progress", show_eta=True)
+        yield Static("", id="pull-status")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#backends", DataTable).add_columns("backend", "status", "where", "models")
         self.query_one("#specialists", DataTable).add_columns("specialist", "model", "threshold")
         self.query_one("#edit", Input).display = False
+        self.query_one("#pull", Input).display = False
+        self.query_one("#pull-progress", ProgressBar).display = False
         self.action_refresh()
 
     def action_refresh(self) -> None:
@@ -352,6 +358,34 @@ class ModelsScreen(Screen[None]):
         edit.display = True
         edit.value = f"{model} {threshold}"
         edit.focus()
+
+    def action_pull(self) -> None:
+        box = self.query_one("#pull", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#pull")
+    def _pull(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            event.input.display = False
+            self.pull(event.value.strip())
+
+    @work(exclusive=True, group="pull")
+    async def pull(self, model: str) -> None:
+        bar = self.query_one("#pull-progress", ProgressBar)
+        status = self.query_one("#pull-status", Static)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        try:
+            async for step in self.app.engine.pull(model):  # type: ignore[attr-defined]
+                if step.total:
+                    bar.update(total=step.total, progress=step.completed or 0)
+                status.update(f"pull {model}: {step.status}")
+        except Exception as exc:  # shown to the operator
+            status.update(f"pull {model} failed: {exc}")
+            return
+        status.update(f"pulled {model}")
+        self.check_backends()
 
     @on(Input.Submitted, "#edit")
     def _save(self, event: Input.Submitted) -> None:
