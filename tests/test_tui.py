@@ -251,3 +251,29 @@ async def test_models_screen_pulls_with_progress(tmp_path: Path, server: Any) ->
         assert bar.total == 1000 and bar.progress == 1000
         assert "pulled qwen2.5:3b" in str(app.screen.query_one("#pull-status", Static).render())
     assert server.bodies("/api/pull")[0]["model"] == "qwen2.5:3b"
+
+
+@pytest.mark.embedded
+async def test_screens_on_runs_of_the_real_embedded_model(tmp_path: Path) -> None:
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {
+        "classifier": SpecialistSettings(threshold=1.0),  # a person decides the category
+        "extractor": SpecialistSettings(threshold=0.0),
+    }
+    shoal = Shoal(settings)
+    waiting = await shoal.run("Ticket: my order 70012345 arrived broken, refund please", plan=PLAN)
+    assert waiting.status == "waiting"
+    app = ShoalApp(settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.screen.query_one("#runs", DataTable)
+        assert str(table.get_row_at(0)[2]) == "waiting"
+        await pilot.press("enter")
+        calls = app.screen.query_one("#calls", DataTable)
+        assert calls.row_count == 2 and "embedded:smollm2-135m" in str(calls.get_row_at(0)[2])
+        await pilot.press("escape", "v")
+        app.screen.query_one("#answer", Input).focus()
+        await pilot.press(*"REFUND", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    run = shoal.store.get_run(waiting.run_id)
+    assert run is not None and run.status == "done"
