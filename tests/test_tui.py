@@ -277,3 +277,24 @@ async def test_screens_on_runs_of_the_real_embedded_model(tmp_path: Path) -> Non
         await pilot.pause()
     run = shoal.store.get_run(waiting.run_id)
     assert run is not None and run.status == "done"
+
+
+async def test_command_palette_reaches_every_screen(tmp_path: Path) -> None:
+    from shoal.tui.app import ModelsScreen
+
+    shoal = await filled(tmp_path, classifier_threshold=1.0)
+    app = ShoalApp(shoal.settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        assert {"Review queue", "New task", "Models", "Show waiting runs"} <= set(titles)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Show waiting runs")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen) and app.screen.status_filter == "waiting"
+        await pilot.press("ctrl+p", *"Models")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ModelsScreen)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -84,7 +86,10 @@ class RunsScreen(Screen[None]):
 
     def action_filter(self) -> None:
         position = STATUSES.index(self.status_filter)
-        self.status_filter = STATUSES[(position + 1) % len(STATUSES)]
+        self.show_status(STATUSES[(position + 1) % len(STATUSES)])
+
+    def show_status(self, status: str | None) -> None:
+        self.status_filter = status
         self.action_refresh()
 
     def action_open(self) -> None:
@@ -552,6 +557,28 @@ class ShoalApp(App[None]):
 
     def on_shoal_app_started(self, message: Started) -> None:
         self.notify(f"{message.what}: {message.summary}", timeout=8)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Runs", "All runs and ticket batches, live", self._to_runs)
+        yield SystemCommand("Review queue", "Decisions waiting for a person", self.action_reviews)
+        yield SystemCommand("New task", "Start a task or a ticket batch", self.action_new_task)
+        yield SystemCommand("Models", "Backends, health, models and thresholds", self.action_models)
+        if isinstance(screen, RunsScreen):
+            for status in STATUSES:
+                label = status or "all"
+                yield SystemCommand(
+                    f"Show {label} runs", f"Filter the runs by status: {label}", partial(screen.show_status, status)
+                )
+        if isinstance(screen, RunScreen):
+            yield SystemCommand("Retry this run", "Resume a failed or stopped run", screen.action_retry)
+            yield SystemCommand("Cancel this run", "Stop a run started in this window", screen.action_cancel)
+        if isinstance(screen, ReviewScreen):
+            yield SystemCommand("Accept the best answer", "For the selected review", screen.action_accept)
+
+    def _to_runs(self) -> None:
+        while not isinstance(self.screen, RunsScreen) and len(self.screen_stack) > 1:
+            self.pop_screen()
 
     def action_help(self) -> None:
         self.notify(
