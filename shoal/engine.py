@@ -531,6 +531,8 @@ class Shoal:
             fields["result_json"] = json.dumps(answer, ensure_ascii=False)
         fields.update(self.store.totals(run_id))
         self.store.update_run(run_id, **fields)
+        if status in ("done", "failed"):
+            self._budgets.pop(run_id, None)  # a waiting run keeps its budget for after the review
         if run is not None and run.workflow == "tickets":
             self._finish_ticket(run_id, status)
 
