@@ -157,8 +157,10 @@ def question(data: BaseModel, outcome: Outcome[Any]) -> dict[str, Any]:
     }
 
 
-def outcome_of(row: Step) -> StepOutcome:
-    output = None if row.output_json is None else json.loads(row.output_json)
+def outcome_of(row: Step, output: Any = None) -> StepOutcome:
+    """What a step hands on; `output` spares re-reading the JSON the caller just wrote."""
+    if output is None and row.output_json is not None:
+        output = json.loads(row.output_json)
     return StepOutcome(
         step_id=row.step_id,
         specialist=row.specialist,
@@ -194,7 +196,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         finally:
             CURRENT_CALLS.reset(token)
 
-    def settle(run_id: str, step_id: str, escalations: list[Escalation]) -> None:
+    def settle(escalations: list[Escalation]) -> None:
         if runtime.ledger is not None:
             runtime.ledger.recorded(sum(e.cost_usd for e in escalations if e.rung == "frontier"))
 
@@ -232,7 +234,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             call_rows(run_id, "plan", calls, result.confidence),
             escalation_rows(run_id, "plan", escalations),
         )
-        settle(run_id, "plan", escalations)
+        settle(escalations)
         if outcome.status in ("accepted", "escalated") and result.output is not None:
             chosen: Plan = result.output
             problems = chosen.problems(list(runtime.specialists), runtime.max_steps)
@@ -370,7 +372,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             call_rows(run_id, spec.id, calls, result.confidence),
             escalation_rows(run_id, spec.id, escalations),
         )
-        settle(run_id, spec.id, escalations)
+        settle(escalations)
         if outcome.status == "needs_human":
             row.status = "waiting"
             review = Review(
@@ -383,16 +385,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             return {"waiting": {spec.id: {"review_id": review.id}}}
         row.status = "done"
         store.record_step(row, *rows, new=fresh)
-        done = StepOutcome(
-            step_id=spec.id,
-            specialist=spec.specialist,
-            status="done",
-            output=output,
-            text=render(output),
-            confidence=result.confidence,
-            answered_by=row.answered_by,
-        )
-        return {"results": {spec.id: done}}
+        return {"results": {spec.id: outcome_of(row, output)}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:
         run_id, step_id = payload["run_id"], payload["step_id"]
