@@ -6,6 +6,8 @@ The assertions are on structure and on confidence coming from the real signals, 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from bitext import categories, sample
 from pydantic import BaseModel, Field
@@ -13,7 +15,7 @@ from pydantic import BaseModel, Field
 from shoal.backends import build_router
 from shoal.config import Settings
 from shoal.errors import BackendUnavailableError
-from shoal.models.base import ChatRequest, Reply
+from shoal.models.base import ChatRequest, Reply, TokenLogprob
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists import (
@@ -241,3 +243,26 @@ async def test_an_unparsable_reply_still_counts_its_cost() -> None:
     assert call.error_type == "SchemaValidationError" and call.reply is not None
     assert call.reply.usage.output_tokens == 12 and call.latency_s == 0.25
     assert result.cost_usd == pytest.approx(0.0003)
+
+
+async def test_extractor_that_finds_nothing_is_scored_on_its_nulls() -> None:
+    """Keys and braces are forced by the grammar; only the model's belief in each `null` counts."""
+
+    class Optional2(BaseModel):
+        order_id: str | None = None
+        email: str | None = None
+
+    def reply(null_p: float) -> Reply:
+        pieces = [('{"', 0.01), ("order_id", 0.01), ('": ', 0.01), ("null", null_p), (', "', 0.01)]
+        pieces += [("email", 0.01), ('": ', 0.01), ("null", null_p), ("}", 0.01)]
+        tokens = [TokenLogprob(token=t, logprob=math.log(p)) for t, p in pieces]
+        text = "".join(t for t, _ in pieces)
+        return Reply(text=text, parsed=Optional2(), logprobs=tokens, model="x", backend="scripted")
+
+    extractor = Extractor(scripted(), "scripted:x", Optional2)
+    data = TextInput(text="Where is my parcel?")
+    sure = await extractor.judge(data, reply(0.9))
+    unsure = await extractor.judge(data, reply(0.2))
+    assert next(s for s in sure.evidence if s.name == "token_p").value == pytest.approx(0.9)
+    assert sure.confidence == pytest.approx(0.4 + 0.6 * 0.9)
+    assert unsure.confidence < sure.confidence

@@ -94,8 +94,12 @@ class Extractor(Specialist[TextInput, M], Generic[M]):
         probs = [p for p in (self._value_prob(tokens, path, value) for path, value in checkable) if p is not None]
         token_p = sum(probs) / len(probs) if probs else None
         if token_p is None and tokens:
-            # nothing to ground: how sure the model was of saying nothing is the signal left
-            token_p = tokens.mean_prob(0, len(tokens.text))
+            # Nothing extracted: the signal left is how sure the model was of each `null` or `[]`.
+            # Scoring only those tokens matters: keys and punctuation are forced by the grammar,
+            # and the model's unconstrained probability of them says nothing about the answer.
+            empty = [(name, value) for name, value in dumped.items() if value in (None, [])]
+            nulls = [p for p in (self._value_prob(tokens, n, v) for n, v in empty) if p is not None]
+            token_p = sum(nulls) / len(nulls) if nulls else tokens.mean_prob(0, len(tokens.text))
 
         confidence = required_share * grounded_share * (0.4 + 0.6 * (token_p if token_p is not None else 0.5))
         evidence = [
