@@ -606,6 +606,151 @@ def _print_eval(result: Any, model: str, data: Path) -> None:
         )
 
 
+@app.command()
+def train(
+    specialist: Annotated[str, typer.Argument(help="The classifier to train, e.g. category, intent, classifier.")],
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data", "-d", help="Labelled CSV, JSONL or CLINC150-style JSON (repeatable); kept in the store."
+        ),
+    ] = None,
+    text: Annotated[str, typer.Option("--text", help="Column (or key) holding the text.")] = "text",
+    label: Annotated[str, typer.Option("--label", help="Column (or key) holding the label.")] = "label",
+    split: Annotated[str, typer.Option(help="Split of a CLINC150-style JSON file.")] = "train",
+    per_label: Annotated[
+        int | None, typer.Option(help="Take at most this many rows per label from the files (stratified).")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="Share of examples held out to compare old and new.")] = 0.2,
+    min_per_label: Annotated[int, typer.Option(help="Fewer examples than this for a label is an error.")] = 3,
+    baseline: Annotated[
+        int, typer.Option(help="Held-out items to put to the prompted classifier when no head is active (0: skip).")
+    ] = 200,
+    force: Annotated[bool, typer.Option(help="Activate the new head even if it measures worse.")] = False,
+    activate: Annotated[
+        int | None, typer.Option(help="Do not train: make this stored version the active head (roll back).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Train a classifier head on embeddings from files and from escalated answers (the flywheel)."""
+    from shoal.evaluation import OUT_OF_SCOPE, load_labelled, stratified
+
+    engine = _engine(config)
+    engine.trainable(specialist)
+    if activate is not None:
+        row = engine.store.activate_head(specialist, activate)
+        console.print(f"{specialist}: head v{row.version} is active")
+        return
+    rows = []
+    for path in data or []:
+        found = load_labelled(path, text_column=text, label_column=label, split=split, with_out_of_scope=False)
+        found = [r for r in found if r.label != OUT_OF_SCOPE and r.text.strip()]
+        rows += stratified(found, per_label) if per_label is not None else found
+
+    with Progress(
+        TextColumn("[bold]train[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
+        bars: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in bars:
+                bars[what] = progress.add_task(what, total=total)
+            progress.update(bars[what], completed=done, total=total)
+
+        async def go() -> Any:
+            return await engine.closing(
+                engine.train(
+                    specialist,
+                    files=rows,
+                    holdout=holdout,
+                    min_per_label=min_per_label,
+                    baseline=baseline,
+                    force=force,
+                    progress=update,
+                )
+            )
+
+        result = asyncio.run(go())
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    _print_training(result)
+
+
+def _print_training(result: Any) -> None:
+    sources = ", ".join(f"{n} {source}" for source, n in sorted(result.by_source.items()))
+    console.print(
+        f"[bold]{result.specialist}[/bold]: {result.examples} examples ({sources}), {result.labels} labels; "
+        f"{result.n_train} to fit, {result.n_holdout} held out; embeddings of {result.embed_model}: "
+        f"{result.embedded} new, {result.reused} from the cache"
+        + (f", {result.texts_per_second:.1f} texts/s" if result.texts_per_second else "")
+    )
+    if result.labels_without_examples:
+        missing = ", ".join(result.labels_without_examples[:10])
+        more = (
+            f" and {len(result.labels_without_examples) - 10} more" if len(result.labels_without_examples) > 10 else ""
+        )
+        console.print(f"[yellow]labels with no examples (the head never answers them):[/yellow] {missing}{more}")
+    table = Table(title=f"held-out comparison (threshold {result.after.threshold:.2f})")
+    for column in ("", "n", "accuracy", "macro-F1", "ECE", "AUROC", "escalated"):
+        table.add_column(column, justify="right" if column else "left")
+    for metrics in (result.before, result.after):
+        if metrics is None:
+            continue
+        table.add_row(
+            metrics.what,
+            str(metrics.n),
+            f"{metrics.accuracy:.3f}",
+            f"{metrics.macro_f1:.3f}",
+            f"{metrics.ece:.3f}",
+            "-" if metrics.auroc is None else f"{metrics.auroc:.3f}",
+            f"{metrics.escalated:.1%}",
+        )
+    console.print(table)
+    state = "[green]activated[/green]" if result.activated else "[yellow]kept inactive[/yellow]"
+    console.print(f"head v{result.version} {state}: {result.reason} (temperature {result.temperature:.2f})")
+    if not result.activated:
+        console.print(f"activate it anyway with `shoal train {result.specialist} --activate {result.version}`")
+
+
+@app.command()
+def heads(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Trained classifier heads: versions, training data and held-out metrics."""
+    engine = _engine(config)
+    found = engine.heads()
+    if as_json:
+        console.print_json(json.dumps([h.model_dump(mode="json") for h in found]))
+        return
+    if not found:
+        console.print("no trained heads yet: `shoal train SPECIALIST --data FILE`")
+        return
+    table = Table(title="trained heads")
+    for column in ("specialist", "version", "active", "labels", "examples", "accuracy", "ECE", "escalated", "embeds"):
+        table.add_column(column)
+    for h in found:
+        after = h.after or {}
+        table.add_row(
+            h.specialist,
+            f"v{h.version}",
+            "yes" if h.active else "",
+            str(h.labels),
+            str(h.examples),
+            f"{after.get('accuracy', 0):.3f}",
+            f"{after.get('ece', 0):.3f}",
+            f"{after.get('escalated', 0):.1%}",
+            h.embed_model,
+        )
+    console.print(table)
+
+
 @models_app.callback()
 def models(
     ctx: typer.Context,

@@ -155,8 +155,13 @@ class TicketSettings(_Section):
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # classifiers only: "auto" answers with the active trained head when `shoal train` made one
+    # and prompts otherwise; "prompt" always prompts; "trained" requires a head
+    mode: Literal["auto", "prompt", "trained"] = "auto"
+    embed_model: str | None = Field(default=None, description="model whose embeddings the head reads")
+    head: Path | None = Field(default=None, description="a head file to use instead of the stored active one")
 
-    @field_validator("model")
+    @field_validator("model", "embed_model")
     @classmethod
     def _valid_ref(cls, value: str | None) -> str | None:
         if value is not None:
@@ -193,6 +198,11 @@ class Settings(_Section):
     def model_for(self, specialist: str) -> ModelRef:
         chosen = self.specialists.get(specialist, SpecialistSettings()).model
         return ModelRef.parse(chosen or self.default_model)
+
+    def embed_model_for(self, specialist: str) -> ModelRef:
+        """Embeddings for a trained head: `embed_model`, else the specialist's own model."""
+        chosen = self.specialists.get(specialist, SpecialistSettings()).embed_model
+        return ModelRef.parse(chosen) if chosen else self.model_for(specialist)
 
     def threshold_for(self, specialist: str, default: float) -> float:
         chosen = self.specialists.get(specialist, SpecialistSettings()).threshold

@@ -16,8 +16,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,23 @@ from pydantic import BaseModel, Field
 from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.planner import DESCRIPTIONS, Plan, PlanError, Planner
 from shoal.backends import build_backend, build_router
-from shoal.config import Settings
-from shoal.errors import ShoalError
+from shoal.config import Settings, SpecialistSettings
+from shoal.errors import ConfigError, ShoalError
+from shoal.evaluation import Labelled
 from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
 from shoal.graphs.tickets import TICKET_PLAN, BadRow, TicketRow, route, text_hash, ticket_specialists
 from shoal.models.base import BACKENDS, BackendHealth, RetryPolicy
+from shoal.models.embeddings import Embedder
 from shoal.models.router import ModelRouter
 from shoal.specialists.base import Specialist
 from shoal.specialists.classifier import Classifier
 from shoal.specialists.coder import Coder
 from shoal.specialists.extractor import Extractor
+from shoal.specialists.heads import MIN_PER_LABEL, TrainedHead
 from shoal.specialists.summarizer import Summarizer
 from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreError, StoreLedger
+from shoal.training import Progress as TrainProgress
+from shoal.training import TrainReport, load_head, train_head
 
 
 def ticket_fields(steps: Iterable[Any]) -> dict[str, dict[str, Any]]:
@@ -55,6 +61,18 @@ def ticket_fields(steps: Iterable[Any]) -> dict[str, dict[str, Any]]:
         }
         for step in steps
     }
+
+
+class HeadSummary(BaseModel):
+    specialist: str
+    version: int
+    active: bool
+    embed_model: str
+    labels: int
+    examples: int
+    created_at: datetime
+    after: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
 
 
 class TaskError(ShoalError):
@@ -170,6 +188,8 @@ class Shoal:
         self._lock = asyncio.Lock()
         self._fresh: set[str] = set()
         self._ladder_configs: dict[tuple[str, float], LadderConfig] = {}
+        self._embedders: dict[str, Embedder] = {}
+        self._attached: set[str] = set()
 
     async def __aenter__(self) -> Shoal:
         return self
@@ -276,7 +296,109 @@ class Shoal:
         """
         return build_task_graph(self._runtime(self.specialists)).compile(checkpointer=checkpointer)
 
+    # --- trained heads ----------------------------------------------------------------------
+
+    def embedder(self, key: str) -> Embedder:
+        """The embedder a specialist's head reads, caching vectors in the store."""
+        if key not in self._embedders:
+            self._embedders[key] = Embedder(self.router, self.settings.embed_model_for(key), cache=self.store)
+        return self._embedders[key]
+
+    def attach_heads(self, specialists: dict[str, Specialist[Any, Any]]) -> None:
+        """Give each classifier its trained head, as `[specialists.NAME] mode` says."""
+        for key, specialist in specialists.items():
+            if not isinstance(specialist, Classifier) or key in self._attached:
+                continue
+            chosen = self.settings.specialists.get(key, SpecialistSettings())
+            if chosen.mode == "prompt":
+                self._attached.add(key)
+                continue
+            if chosen.head is not None:
+                try:
+                    blob = chosen.head.expanduser().read_bytes()
+                except OSError as exc:
+                    raise ConfigError(
+                        f"[specialists.{key}] head = {str(chosen.head)!r} cannot be read: {exc}"
+                    ) from None
+                head = TrainedHead.from_bytes(blob, where=str(chosen.head))
+            else:
+                row = self.store.active_head(key)
+                if row is None:
+                    if chosen.mode == "trained":
+                        raise ConfigError(
+                            f'[specialists.{key}] mode = "trained" but no head is trained for {key}: run '
+                            f'`shoal train {key} --data FILE`, or set mode = "auto" to prompt until one is'
+                        )
+                    self._attached.add(key)
+                    continue
+                head = load_head(row)
+            specialist.use_head(head, self.embedder(key))
+            self._attached.add(key)
+
+    def trainable(self, key: str) -> Classifier:
+        found = self.specialists.get(key) or self.ticket_specialists().get(key)
+        if found is None:
+            known = sorted(
+                k for k, s in {**self.specialists, **self.ticket_specialists()}.items() if isinstance(s, Classifier)
+            )
+            raise ConfigError(f"no specialist named {key!r}; the classifiers are: {', '.join(known)}")
+        if not isinstance(found, Classifier):
+            raise ConfigError(f"{key} is a {type(found).__name__}; only classifiers can be trained")
+        return found
+
+    async def train(
+        self,
+        key: str,
+        *,
+        files: Sequence[Labelled] = (),
+        holdout: float = 0.2,
+        min_per_label: int = MIN_PER_LABEL,
+        baseline: int = 200,
+        force: bool = False,
+        progress: TrainProgress | None = None,
+    ) -> TrainReport:
+        """(Re)train `key`'s head from `files` and stored examples; see `shoal.training`."""
+        classifier = self.trainable(key)
+        if classifier.head is None and self.settings.specialists.get(key, SpecialistSettings()).mode != "prompt":
+            self.attach_heads({key: classifier})
+        report, head = await train_head(
+            classifier,
+            key,
+            store=self.store,
+            embedder=self.embedder(key),
+            files=files,
+            holdout=holdout,
+            min_per_label=min_per_label,
+            baseline=baseline,
+            force=force,
+            progress=progress,
+        )
+        if report.activated and self.settings.specialists.get(key, SpecialistSettings()).head is None:
+            classifier.use_head(head, self.embedder(key))
+        return report
+
+    def heads(self) -> list[HeadSummary]:
+        """Every trained head, for `shoal models` and the TUI."""
+        out = []
+        for row in self.store.heads():
+            metrics = json.loads(row.metrics_json or "{}")
+            out.append(
+                HeadSummary(
+                    specialist=row.specialist,
+                    version=row.version,
+                    active=row.active,
+                    embed_model=row.embed_model,
+                    labels=len(json.loads(row.labels_json or "[]")),
+                    examples=row.n_examples,
+                    created_at=row.created_at,
+                    after=metrics.get("after"),
+                    before=metrics.get("before"),
+                )
+            )
+        return out
+
     def _runtime(self, specialists: dict[str, Specialist[Any, Any]]) -> TaskRuntime:
+        self.attach_heads(specialists)
         return TaskRuntime(
             store=self.store,
             planner=self.planner,
@@ -377,11 +499,31 @@ class Shoal:
         finally:
             await backend.aclose()
 
-    def specialist_settings(self) -> list[tuple[str, str, float]]:
-        """(name, model, threshold) for the task and ticket specialists, as configured now."""
-        rows = [(name, str(s.model), s.threshold) for name, s in self.specialists.items()]
-        rows += [(name, str(s.model), s.threshold) for name, s in self.ticket_specialists().items()]
-        return [("planner", str(self.planner.model), self.planner.threshold), *rows]
+    def specialist_settings(self) -> list[tuple[str, str, float, str]]:
+        """(name, model, threshold, how it answers) for the task and ticket specialists."""
+        rows = [("planner", str(self.planner.model), self.planner.threshold, "prompt")]
+        for group in (self.specialists, self.ticket_specialists()):
+            try:
+                self.attach_heads(group)
+            except ShoalError as exc:  # shown, not raised: this is what an operator looks at to fix it
+                problem = f"error: {exc}"
+            else:
+                problem = ""
+            for name, s in group.items():
+                head = getattr(s, "head", None)
+                how = problem if problem and isinstance(s, Classifier) else "prompt"
+                if head is not None:
+                    how = f"head v{head.info.version}" if head.info.version is not None else "head (file)"
+                rows.append((name, str(s.model), s.threshold, how))
+        return rows
+
+    def activate_head(self, key: str, version: int) -> None:
+        """Make a stored head version the active one, here and for processes started later."""
+        classifier = self.trainable(key)
+        row = self.store.activate_head(key, version)
+        if self.settings.specialists.get(key, SpecialistSettings()).mode != "prompt":
+            classifier.use_head(load_head(row), self.embedder(key))
+            self._attached.add(key)
 
     # --- tickets --------------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ class Ladder:
         )
         best = first
 
-        if self.config.resample and first.ok:
+        if self.config.resample and first.ok and specialist.resamplable:
             voted = await self._resample(specialist, data, first)
             await self._record(
                 escalations,

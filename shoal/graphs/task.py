@@ -384,7 +384,12 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             store.record_step(row, *rows, review=review, new=fresh)
             return {"waiting": {spec.id: {"review_id": review.id}}}
         row.status = "done"
-        store.record_step(row, *rows, new=fresh)
+        taught = (
+            teaches(spec.specialist, specialist, data, result.output, "frontier", run_id, spec.id)
+            if outcome.answered_by == "frontier"
+            else []
+        )
+        store.record_step(row, *rows, new=fresh, examples=taught)
         return {"results": {spec.id: outcome_of(row, output)}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:
@@ -393,7 +398,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         answer = _answer(row, run_id, step_id)
         specialist = runtime.specialists[row.specialist]
         output = specialist.output_type.model_validate(answer)
-        saved = _finish_human_step(store, run_id, step_id, output, row)
+        saved = _finish_human_step(store, run_id, step_id, output, row, (row.specialist, specialist))
         return {"results": {step_id: outcome_of(saved)}, "waiting": {step_id: None}}
 
     async def compose(state: RunState) -> dict[str, Any]:
@@ -436,10 +441,39 @@ def _answer(review: Review, run_id: str, step_id: str) -> Any:
     return value["answer"] if isinstance(value, dict) and "answer" in value else value
 
 
-def _finish_human_step(store: store_db.Store, run_id: str, step_id: str, output: BaseModel, review: Review) -> Step:
+def teaches(
+    key: str,
+    specialist: Specialist[Any, Any],
+    data: BaseModel,
+    output: BaseModel | None,
+    source: str,
+    run_id: str,
+    step_id: str,
+) -> list[dict[str, Any]]:
+    """The labelled example an escalated answer gives its specialist (the flywheel), if any."""
+    pair = None if output is None else specialist.labelled_example(data, output)
+    if pair is None:
+        return []
+    text, label = pair
+    return [{"specialist": key, "text": text, "label": label, "source": source, "run_id": run_id, "step_id": step_id}]
+
+
+def _finish_human_step(
+    store: store_db.Store,
+    run_id: str,
+    step_id: str,
+    output: BaseModel,
+    review: Review,
+    learner: tuple[str, Specialist[Any, Any]] | None = None,
+) -> Step:
     row = store.finished_step(run_id, step_id)
     if row is None:
         raise PlanError(f"step {step_id} of run {run_id} has no row to finish")
+    taught: list[dict[str, Any]] = []
+    if learner is not None and row.input_json:
+        key, specialist = learner
+        data = specialist.input_type.model_validate_json(row.input_json)
+        taught = teaches(key, specialist, data, output, "human", run_id, step_id)
     row.status = "done"
     row.output_json = output.model_dump_json()
     row.confidence = 1.0
@@ -453,4 +487,4 @@ def _finish_human_step(store: store_db.Store, run_id: str, step_id: str, output:
     ]
     for item in human:
         item.outcome, item.confidence_after = "accepted", 1.0
-    return store.record_step(row, [], human)
+    return store.record_step(row, [], human, examples=taught)

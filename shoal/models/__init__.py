@@ -7,6 +7,7 @@ package costs neither llama.cpp nor the openai SDK.
 from shoal.models.base import (
     BackendHealth,
     ChatRequest,
+    Embeddings,
     Message,
     ModelBackend,
     ModelInfo,
@@ -24,6 +25,7 @@ __all__ = [
     "BackendHealth",
     "CallRecord",
     "ChatRequest",
+    "Embeddings",
     "Message",
     "ModelBackend",
     "ModelInfo",

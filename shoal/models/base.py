@@ -10,7 +10,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from shoal.errors import ModelError, SchemaValidationError
+from shoal.errors import ModelError, SchemaValidationError, ServerError
 
 BackendName = Literal["ollama", "embedded", "openai", "scripted"]
 # the backends a configuration can name; `scripted` is built in code, for tests
@@ -194,6 +194,20 @@ class BackendHealth(BaseModel):
     models: list[ModelInfo] = Field(default_factory=list)
 
 
+class Embeddings(BaseModel):
+    """One vector per input text, in input order, as the backend pooled them."""
+
+    vectors: list[list[float]]
+    model: str
+    backend: BackendName
+    input_tokens: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0
+
+
 @runtime_checkable
 class ModelBackend(Protocol):
     """Who answers. Implementations: Ollama, embedded llama.cpp, OpenAI-compatible."""
@@ -201,6 +215,10 @@ class ModelBackend(Protocol):
     name: ClassVar[BackendName]
 
     async def chat(self, request: ChatRequest) -> Reply: ...
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        """A vector per text (one batch; callers split long lists)."""
+        ...
 
     async def health(self) -> BackendHealth: ...
 
@@ -322,3 +340,15 @@ def schema_name(schema: type[BaseModel]) -> str:
 
 def dumps_compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_embeddings(vectors: list[list[float]], texts: Sequence[str], where: str) -> list[list[float]]:
+    """A server that answers with the wrong number of vectors, or ragged ones, is broken;
+    a silent mismatch would pair texts with the wrong vectors."""
+    if len(vectors) != len(texts):
+        raise ServerError(f"{where} returned {len(vectors)} embeddings for {len(texts)} texts")
+    if vectors and len({len(v) for v in vectors}) != 1:
+        raise ServerError(f"{where} returned embeddings of different sizes")
+    if vectors and not vectors[0]:
+        raise ServerError(f"{where} returned empty embeddings")
+    return vectors

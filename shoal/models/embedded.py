@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import functools
 import importlib.metadata
 import json
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,9 +26,11 @@ from shoal.models.base import (
     BackendHealth,
     BackendName,
     ChatRequest,
+    Embeddings,
     ModelInfo,
     Reply,
     Usage,
+    check_embeddings,
     parse_reply,
     token_logprobs,
 )
@@ -127,7 +131,7 @@ class _LoadedModel:
         self.lock = threading.Lock()
 
 
-_LOADED: dict[tuple[Path, int, int], _LoadedModel] = {}
+_LOADED: dict[tuple[Path, int, int, bool], _LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
 
 
@@ -141,9 +145,32 @@ def _unload_all() -> None:
         _LOADED.clear()
 
 
-def load_llama(path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int) -> _LoadedModel:
-    """One loaded model per file and context size, shared by every caller in the process."""
-    key = (path.resolve(), n_ctx, n_gpu_layers)
+@contextlib.contextmanager
+def _quiet_llama_log() -> Iterator[None]:
+    """Drop llama.cpp's log lines for a moment (its Python logger is reset by `Llama()` itself)."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        return None
+
+    llama_cpp.llama_log_set(drop, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def load_llama(
+    path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, embedding: bool = False
+) -> _LoadedModel:
+    """One loaded model per file, context size and mode, shared by every caller in the process.
+
+    `embedding`: a context that returns mean-pooled hidden states instead of generating; it
+    cannot generate, so a model used for both is loaded twice (small next to its KV cache).
+    """
+    key = (path.resolve(), n_ctx, n_gpu_layers, embedding)
     with _LOADED_LOCK:
         if key in _LOADED:
             return _LOADED[key]
@@ -151,16 +178,26 @@ def load_llama(path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: i
             import llama_cpp
         except ImportError:
             raise MissingExtraError("the embedded backend", "embedded", "llama-cpp-python") from None
-        try:
+        mode: dict[str, Any] = (
+            # one batch holds many short texts; MEAN pooling gives one vector per text
+            {"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "n_batch": n_ctx, "n_ubatch": n_ctx}
             # logits_all: logprobs need every position's logits, and confidence needs logprobs
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_gpu_layers=n_gpu_layers,
-                logits_all=True,
-                verbose=False,
-            )
+            if embedding
+            else {"logits_all": True}
+        )
+        # llama.cpp logs an error-level line when pooling is set on a chat model, which is
+        # exactly what embedding mode does on purpose; keep it off the user's terminal
+        quiet = _quiet_llama_log() if embedding else contextlib.nullcontext()
+        try:
+            with quiet:
+                llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_gpu_layers=n_gpu_layers,
+                    verbose=False,
+                    **mode,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"llama.cpp could not load {path}: {exc}. The file may be truncated or of an "
@@ -248,8 +285,10 @@ class EmbeddedBackend:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         models: dict[str, str] | None = None,
+        embed_ctx: int = 512,
     ) -> None:
         self.n_ctx = n_ctx
+        self.embed_ctx = embed_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.aliases = dict(models or {})
@@ -280,6 +319,38 @@ class EmbeddedBackend:
             finish_reason=choice.get("finish_reason"),
         )
         return parse_reply(reply, request)
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        """Mean-pooled hidden states, many texts per llama.cpp batch.
+
+        Texts longer than the embedding context are cut to it (a classifier reads the start of
+        a ticket; the cut is stated in the docs, not an error).
+        """
+        path = resolve_model_path(model, self.aliases)
+        loaded = await asyncio.to_thread(
+            load_llama,
+            path,
+            n_ctx=self.embed_ctx,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+            embedding=True,
+        )
+        vectors, tokens, latency = await asyncio.to_thread(self._embed, loaded, list(texts))
+        return Embeddings(
+            vectors=check_embeddings(vectors, texts, f"llama.cpp ({path.name})"),
+            model=model,
+            backend=self.name,
+            input_tokens=tokens,
+            latency_s=latency,
+        )
+
+    @staticmethod
+    def _embed(loaded: _LoadedModel, texts: list[str]) -> tuple[list[list[float]], int, float]:
+        with loaded.lock:
+            started = time.perf_counter()
+            # llama.cpp cannot tokenise an empty string into a sequence; a space embeds as "nothing"
+            vectors, tokens = loaded.llama.embed([t if t.strip() else " " for t in texts], return_count=True)
+            return [list(map(float, v)) for v in vectors], int(tokens), time.perf_counter() - started
 
     @staticmethod
     def _complete(loaded: _LoadedModel, kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -21,10 +21,12 @@ from shoal.models.base import (
     BackendHealth,
     BackendName,
     ChatRequest,
+    Embeddings,
     ModelInfo,
     Reply,
     RetryPolicy,
     Usage,
+    check_embeddings,
     parse_reply,
     token_logprobs,
     with_retries,
@@ -97,6 +99,25 @@ class OllamaBackend:
             finish_reason=response.done_reason,
         )
         return parse_reply(reply, request)
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        return await with_retries(self.retry, lambda: self._embed_once(model, list(texts)))
+
+    async def _embed_once(self, model: str, texts: list[str]) -> Embeddings:
+        started = time.perf_counter()
+        try:
+            # truncate: a text longer than the model's context is cut, as the embedded backend does
+            response = await self._client.embed(model=model, input=texts, truncate=True, keep_alive=self.keep_alive)
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        vectors = [list(map(float, v)) for v in response.embeddings]
+        return Embeddings(
+            vectors=check_embeddings(vectors, texts, f"Ollama at {self.host}"),
+            model=model,
+            backend=self.name,
+            input_tokens=response.prompt_eval_count or 0,
+            latency_s=time.perf_counter() - started,
+        )
 
     def _translate(self, exc: Exception, model: str) -> ModelError:
         if isinstance(exc, ModelError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shoal.errors import (
@@ -23,10 +24,12 @@ from shoal.models.base import (
     BackendHealth,
     BackendName,
     ChatRequest,
+    Embeddings,
     ModelInfo,
     Reply,
     RetryPolicy,
     Usage,
+    check_embeddings,
     parse_reply,
     schema_name,
     token_logprobs,
@@ -125,6 +128,29 @@ class OpenAIBackend:
             finish_reason=choice.finish_reason,
         )
         return parse_reply(reply, request)
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        return await with_retries(self.retry, lambda: self._embed_once(model, list(texts)))
+
+    async def _embed_once(self, model: str, texts: list[str]) -> Embeddings:
+        started = time.perf_counter()
+        try:
+            # the endpoint rejects empty strings; a space embeds as "nothing" the same way
+            response = await self._client.embeddings.create(
+                model=model, input=[t if t.strip() else " " for t in texts], encoding_format="float"
+            )
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        ordered = sorted(response.data, key=lambda item: item.index)
+        vectors = [list(map(float, item.embedding)) for item in ordered]
+        tokens = response.usage.prompt_tokens if response.usage else 0
+        return Embeddings(
+            vectors=check_embeddings(vectors, texts, self.base_url),
+            model=model,
+            backend=self.name,
+            input_tokens=tokens,
+            latency_s=time.perf_counter() - started,
+        )
 
     def _translate(self, exc: Exception, model: str) -> ModelError:
         openai = self._openai

@@ -7,13 +7,13 @@ specialists stay free of the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.errors import ModelError
-from shoal.models.base import BackendName, ChatRequest, ModelBackend, ModelRef, Reply
+from shoal.models.base import BackendName, ChatRequest, Embeddings, ModelBackend, ModelRef, Reply
 
 
 class CallRecord(BaseModel):
@@ -73,6 +73,10 @@ class ModelRouter:
         if record is not None:
             await record(CallRecord(ref=ref, request=request, reply=reply, latency_s=reply.latency_s))
         return reply
+
+    async def embed(self, ref: ModelRef | str, texts: Sequence[str]) -> Embeddings:
+        ref = ModelRef.parse(ref)
+        return await self.backend(ref.backend).embed(ref.name, texts)
 
     async def aclose(self) -> None:
         for backend in self._backends.values():

@@ -8,13 +8,16 @@ tests of a path a user takes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 from shoal.models.base import (
     BackendHealth,
     BackendName,
     ChatRequest,
+    Embeddings,
     ModelInfo,
     Reply,
     Usage,
@@ -27,7 +30,9 @@ Script = Callable[[ChatRequest], str | Reply | Exception]
 class ScriptedBackend:
     name: ClassVar[BackendName] = "scripted"
 
-    def __init__(self, script: Script | Iterable[str | Reply | Exception], *, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, script: Script | Iterable[str | Reply | Exception] = (), *, delay_s: float = 0.0, dim: int = 64
+    ) -> None:
         if callable(script):
             self._script: Script = script
         else:
@@ -40,7 +45,9 @@ class ScriptedBackend:
 
             self._script = pop
         self.delay_s = delay_s
+        self.dim = dim
         self.requests: list[ChatRequest] = []
+        self.embedded: list[str] = []
 
     async def chat(self, request: ChatRequest) -> Reply:
         self.requests.append(request)
@@ -61,6 +68,19 @@ class ScriptedBackend:
             backend=self.name,
         )
         return parse_reply(reply, request)
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        """Hashed bag of words: texts that share words get close vectors, so the logic that
+        trains and applies heads can be tested in milliseconds. Not a language model."""
+        self.embedded.extend(texts)
+        vectors = []
+        for text in texts:
+            vector = [0.0] * self.dim
+            for word in re.findall(r"\w+", text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+                vector[int.from_bytes(digest, "little") % self.dim] += 1.0
+            vectors.append(vector)
+        return Embeddings(vectors=vectors, model=model, backend=self.name)
 
     async def health(self) -> BackendHealth:
         return BackendHealth(backend=self.name, reachable=True, where="in process", models=[ModelInfo(name="script")])

@@ -212,6 +212,19 @@ class Specialist(ABC, Generic[In, Out]):
         """Raise ValueError when a person's (or a frontier's) answer cannot be right for this
         specialist beyond what its output type says (e.g. a label outside the set)."""
 
+    def labelled_example(self, data: In, output: Out) -> tuple[str, str] | None:
+        """(text, label) that an escalated answer teaches this specialist, or None.
+
+        Specialists that can be trained from examples override this; the engine stores what it
+        returns for answers the frontier or a person gave, and `shoal train` learns from them.
+        """
+        return None
+
+    @property
+    def resamplable(self) -> bool:
+        """Whether asking again at a temperature can give a different answer (self-consistency)."""
+        return True
+
     def agree(self, a: Out, b: Out) -> bool:
         """Whether two outputs count as the same answer (for self-consistency resampling)."""
         return a.model_dump(mode="json") == b.model_dump(mode="json")

@@ -1,8 +1,11 @@
 """Classifier: one label of a closed set (or several), with the probability behind it.
 
-Confidence is the probability the model put on the chosen label, normalised over the label
-set, read from token log-probabilities (see `tokens.label_distribution`); the full
-distribution, the margin to the runner-up and the raw label mass are evidence.
+Two modes. Prompted: confidence is the probability the model put on the chosen label,
+normalised over the label set, read from token log-probabilities (see
+`tokens.label_distribution`); the full distribution, the margin to the runner-up and the raw
+label mass are evidence. Trained (`use_head`): the text is embedded and a linear head fitted on
+labelled examples (see `heads`) gives a calibrated probability per label; the nearest training
+examples are evidence. The frontier rung always prompts, in either mode.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from shoal.models.base import Message, Reply
-from shoal.specialists.base import Judgement, Signal, Specialist
+from shoal.models.base import ChatRequest, Message, ModelRef, Reply
+from shoal.models.embeddings import Embedder
+from shoal.models.router import CallRecord
+from shoal.specialists.base import Judgement, Result, Signal, Specialist
+from shoal.specialists.heads import HeadError, TrainedHead
 from shoal.specialists.tokens import TokenText, find_value, label_distribution
 
 
@@ -82,6 +88,119 @@ class Classifier(Specialist[TextInput, Classification]):
             )
         else:
             self._response = create_model("Label", label=(choice, ...))
+        self.head: TrainedHead | None = None
+        self.embedder: Embedder | None = None
+        self.head_version: int | None = None
+
+    # --- trained mode -------------------------------------------------------------------------
+
+    def use_head(self, head: TrainedHead, embedder: Embedder) -> None:
+        """Answer with `head` on `embedder`'s vectors from now on (prompting stays the frontier's way)."""
+        if self.multi_label:
+            raise HeadError(f"{self.name}: trained heads choose one label; this classifier is multi-label")
+        unknown = [label for label in head.labels if label not in self.labels]
+        if unknown:
+            raise HeadError(
+                f"{self.name}: the head was trained on labels this classifier does not have: "
+                f"{', '.join(unknown)}; retrain it on data with the configured labels, or add them to the label set"
+            )
+        if str(embedder.model) != head.info.embed_model:
+            raise HeadError(
+                f"{self.name}: the head was trained on embeddings of {head.info.embed_model}, but this "
+                f"specialist embeds with {embedder.model}; retrain with `shoal train {self.name}`, or set "
+                f'[specialists.{self.name}] embed_model = "{head.info.embed_model}"'
+            )
+        self.head = head
+        self.embedder = embedder
+        self.head_version = head.info.version
+
+    @property
+    def resamplable(self) -> bool:
+        return self.head is None  # a head answers the same every time
+
+    def labelled_example(self, data: TextInput, output: Classification) -> tuple[str, str] | None:
+        if self.multi_label or output.label not in self.labels:
+            return None
+        return data.text, output.label
+
+    async def run(
+        self,
+        data: TextInput | dict[str, Any],
+        *,
+        model: ModelRef | str | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Result[Classification]:
+        if self.head is None or model is not None:
+            return await super().run(data, model=model, temperature=temperature, seed=seed)
+        item = data if isinstance(data, TextInput) else TextInput.model_validate(data)
+        return await self._run_head(item)
+
+    async def _run_head(self, data: TextInput) -> Result[Classification]:
+        import time
+
+        assert self.head is not None and self.embedder is not None
+        head, embedder = self.head, self.embedder
+        started = time.perf_counter()
+        vectors = await embedder.embed([data.text])
+        head.check_vectors(vectors, str(embedder.model))
+        prediction = head.predict(vectors)[0]
+        nearest = head.nearest(vectors[0])
+        ranked = sorted(prediction.distribution.items(), key=lambda item: item[1], reverse=True)
+        runner_up = ranked[1] if len(ranked) > 1 else (None, 0.0)
+        margin = max(0.0, prediction.probability - runner_up[1])
+        version = f"v{head.info.version}" if head.info.version is not None else "from file"
+        evidence = [
+            Signal(
+                name="head_probability",
+                value=prediction.probability,
+                detail=f"p({prediction.label})={prediction.probability:.2f}, calibrated "
+                f"(head {version}, {head.info.n_train + head.info.n_calibration} examples, "
+                f"T={head.info.temperature:.2f})",
+            ),
+            Signal(
+                name="margin",
+                value=margin,
+                detail=f"runner-up {runner_up[0]} at {runner_up[1]:.2f}" if runner_up[0] else "no runner-up",
+            ),
+            Signal(
+                name="nearest",
+                value=max(0.0, nearest[0][2]) if nearest else 0.0,
+                detail="; ".join(f"{_short(text)!r} ({label}, {sim:.2f})" for text, label, sim in nearest)
+                or "no training examples kept",
+            ),
+        ]
+        output = Classification(
+            label=prediction.label,
+            labels=[prediction.label],
+            distribution=prediction.distribution,
+            margin=margin,
+        )
+        # recorded like any model call, so `shoal show` lists what answered and how fast
+        ref = embedder.model
+        latency = time.perf_counter() - started
+        record = CallRecord(
+            ref=ref,
+            request=ChatRequest(model=ref.name, messages=[Message(role="user", content=data.text)], max_tokens=1),
+            reply=Reply(
+                text=output.model_dump_json(),
+                parsed=output,
+                latency_s=latency,
+                model=ref.name,
+                backend=ref.backend,
+            ),
+            latency_s=latency,
+        )
+        if self.router.recorder is not None:
+            await self.router.recorder(record)
+        return Result[Classification](
+            specialist=self.name,
+            model=f"{ref}+head:{self.name}@{version}",
+            output=output,
+            confidence=min(1.0, max(0.0, prediction.probability)),
+            evidence=evidence,
+            calls=[record],
+        )
 
     def response_type(self) -> type[BaseModel]:
         return self._response
@@ -192,3 +311,8 @@ class Classifier(Specialist[TextInput, Classification]):
 
     def agree(self, a: Classification, b: Classification) -> bool:
         return sorted(a.labels or [a.label]) == sorted(b.labels or [b.label])
+
+
+def _short(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

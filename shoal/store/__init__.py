@@ -1,11 +1,14 @@
 """What is remembered: shoal's tables and LangGraph's checkpoints in one SQLite file."""
 
 from shoal.store.db import MIGRATIONS, Store, StoreError, StoreLedger
-from shoal.store.tables import Escalation, ModelCall, Review, Run, Step, Ticket
+from shoal.store.tables import EmbeddingVector, Escalation, Example, Head, ModelCall, Review, Run, Step, Ticket
 
 __all__ = [
     "MIGRATIONS",
+    "EmbeddingVector",
     "Escalation",
+    "Example",
+    "Head",
     "ModelCall",
     "Review",
     "Run",

@@ -6,6 +6,7 @@ transaction opened and closed inside a plain function: nothing here awaits while
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,19 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from shoal.errors import ShoalError
-from shoal.store.tables import Escalation, Migration, ModelCall, Review, Run, Step, Ticket, now
+from shoal.store.tables import (
+    EmbeddingVector,
+    Escalation,
+    Example,
+    Head,
+    Migration,
+    ModelCall,
+    Review,
+    Run,
+    Step,
+    Ticket,
+    now,
+)
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -38,9 +51,15 @@ def _v2(connection: Any) -> None:
 
 
 # Numbered, append-only: a database records which it has applied and gets the rest on open.
+def _v3(connection: Any) -> None:
+    tables = [SQLModel.metadata.tables[name] for name in ("embedding", "example", "head")]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "runs, steps, model calls, escalations, reviews", _v1),
     (2, "tickets of triage batches", _v2),
+    (3, "embedding cache, labelled examples, trained heads", _v3),
 ]
 
 
@@ -186,14 +205,16 @@ class Store:
         review: Review | None = None,
         *,
         new: bool = False,
+        examples: Sequence[dict[str, Any]] = (),
     ) -> Step:
         """A finished (or waiting) step with everything it cost, in one transaction.
 
         `new`: the caller knows no row exists for this step yet (a run this process started),
         so plain inserts do; otherwise the step row is updated in place.
+        `examples`: labelled texts the step's escalated answer teaches (the flywheel).
         """
         if new:
-            return self._insert_step(step, calls, escalations, review)
+            return self._insert_step(step, calls, escalations, review, examples)
         with self.session() as session:
             existing = session.exec(
                 select(Step).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
@@ -211,11 +232,17 @@ class Store:
                     session.merge(item)
             if review is not None:
                 session.add(review)
+            _upsert_examples(session.connection(), examples)
             session.commit()
             return step
 
     def _insert_step(
-        self, step: Step, calls: Sequence[dict[str, Any]], escalations: Sequence[Escalation], review: Review | None
+        self,
+        step: Step,
+        calls: Sequence[dict[str, Any]],
+        escalations: Sequence[Escalation],
+        review: Review | None,
+        examples: Sequence[dict[str, Any]],
     ) -> Step:
         # Core inserts: the ORM's unit of work costs more than the write itself on this path
         with self.engine.begin() as connection:
@@ -228,6 +255,7 @@ class Store:
                 review.id = connection.execute(insert(Review), review.model_dump(exclude={"id"})).inserted_primary_key[
                     0
                 ]  # type: ignore[index]
+            _upsert_examples(connection, examples)
         return step
 
     def model_calls(self, run_id: str) -> list[ModelCall]:
@@ -302,6 +330,105 @@ class Store:
                 query = query.where(col(Ticket.id).in_(list(keys)))
             return list(session.exec(query).all())
 
+    # --- embeddings -----------------------------------------------------------------------
+
+    def cached_vectors(self, model: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """Stored float32 vectors for the keys that have one (looked up in chunks: SQLite
+        caps the number of bound parameters)."""
+        found: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(keys))
+        with self.session() as session:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                rows = session.exec(
+                    select(EmbeddingVector.key, EmbeddingVector.vector).where(
+                        EmbeddingVector.model == model, col(EmbeddingVector.key).in_(chunk)
+                    )
+                ).all()
+                found.update((key, vector) for key, vector in rows)
+        return found
+
+    def cache_vectors(self, model: str, vectors: dict[str, bytes], dim: int) -> None:
+        if not vectors:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(EmbeddingVector).prefix_with("OR IGNORE"),
+                [{"model": model, "key": k, "dim": dim, "vector": v, "created_at": now()} for k, v in vectors.items()],
+            )
+
+    # --- labelled examples and trained heads ----------------------------------------------
+
+    def add_examples(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Keep labelled texts (dicts of `Example` fields; text_hash is filled in)."""
+        with self.engine.begin() as connection:
+            _upsert_examples(connection, rows)
+        return len(rows)
+
+    def examples(self, specialist: str) -> list[Example]:
+        with self.session() as session:
+            return list(
+                session.exec(select(Example).where(Example.specialist == specialist).order_by(col(Example.id))).all()
+            )
+
+    def example_counts(self) -> dict[str, dict[str, int]]:
+        """specialist -> source -> number of examples."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            rows = session.exec(
+                select(Example.specialist, Example.source, func.count()).group_by(
+                    col(Example.specialist), col(Example.source)
+                )
+            ).all()
+        for specialist, source, n in rows:
+            counts.setdefault(specialist, {})[source] = int(n)
+        return counts
+
+    def add_head(self, head: Head, *, activate: bool) -> Head:
+        """Store a new head version (numbered here, under the write lock) and maybe activate it."""
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                latest = connection.execute(
+                    text("SELECT COALESCE(MAX(version), 0) FROM head WHERE specialist = :s"), {"s": head.specialist}
+                ).scalar_one()
+                head.version = int(latest) + 1
+                head.active = activate
+                if activate:
+                    connection.execute(text("UPDATE head SET active = 0 WHERE specialist = :s"), {"s": head.specialist})
+                head.id = connection.execute(insert(Head), head.model_dump(exclude={"id"})).inserted_primary_key[0]  # type: ignore[index]
+                connection.exec_driver_sql("COMMIT")
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+        return head
+
+    def activate_head(self, specialist: str, version: int) -> Head:
+        with self.session() as session:
+            rows = session.exec(select(Head).where(Head.specialist == specialist)).all()
+            chosen = next((row for row in rows if row.version == version), None)
+            if chosen is None:
+                known = ", ".join(str(r.version) for r in rows) or "none"
+                raise StoreError(f"{specialist} has no head version {version} (versions: {known})")
+            for row in rows:
+                row.active = row.version == version
+                session.add(row)
+            session.commit()
+            return chosen
+
+    def active_head(self, specialist: str) -> Head | None:
+        with self.session() as session:
+            return session.exec(select(Head).where(Head.specialist == specialist, col(Head.active))).first()
+
+    def heads(self, specialist: str | None = None) -> list[Head]:
+        """Every stored head (without reading the blobs twice: callers need the metadata)."""
+        with self.session() as session:
+            query = select(Head).order_by(col(Head.specialist), col(Head.version))
+            if specialist is not None:
+                query = query.where(Head.specialist == specialist)
+            return list(session.exec(query).all())
+
     # --- spend ----------------------------------------------------------------------------
 
     def frontier_spent_since(self, since: datetime) -> float:
@@ -344,6 +471,31 @@ class StoreLedger:
 
     def recorded(self, cost_usd: float) -> None:
         self.unrecorded = max(0.0, self.unrecorded - cost_usd)
+
+
+def _upsert_examples(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """The same text from the same source keeps its latest label (a person may correct one)."""
+    if not rows:
+        return
+    statement = text(
+        "INSERT INTO example (specialist, text, text_hash, label, source, run_id, step_id, created_at) "
+        "VALUES (:specialist, :text, :text_hash, :label, :source, :run_id, :step_id, :created_at) "
+        "ON CONFLICT (specialist, text_hash, source) DO UPDATE SET label = excluded.label, "
+        "run_id = excluded.run_id, step_id = excluded.step_id, created_at = excluded.created_at"
+    )
+    connection.execute(
+        statement,
+        [
+            {
+                "run_id": None,
+                "step_id": None,
+                "created_at": now(),
+                "text_hash": hashlib.sha256(row["text"].encode("utf-8", "surrogatepass")).hexdigest(),
+                **row,
+            }
+            for row in rows
+        ],
+    )
 
 
 def _pragmas(dbapi_connection: Any, _: Any) -> None:

@@ -117,6 +117,52 @@ class Ticket(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=now)
 
 
+class EmbeddingVector(SQLModel, table=True):
+    """A text's embedding under one model, so re-training never embeds a text twice."""
+
+    __tablename__ = "embedding"
+
+    model: str = Field(primary_key=True)  # a ModelRef string, e.g. embedded:smollm2-135m
+    key: str = Field(primary_key=True)  # sha256 of the text
+    dim: int
+    vector: bytes  # float32, little-endian
+    created_at: datetime = Field(default_factory=now)
+
+
+class Example(SQLModel, table=True):
+    """A labelled text for a specialist: from a file, or an escalated answer (the flywheel)."""
+
+    __table_args__ = (UniqueConstraint("specialist", "text_hash", "source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    specialist: str = Field(index=True)
+    text: str
+    text_hash: str
+    label: str
+    source: str  # frontier human file
+    run_id: str | None = None
+    step_id: str | None = None
+    created_at: datetime = Field(default_factory=now)
+
+
+class Head(SQLModel, table=True):
+    """A trained classifier head: one version per training, at most one active per specialist."""
+
+    __table_args__ = (UniqueConstraint("specialist", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    specialist: str = Field(index=True)
+    version: int
+    active: bool = False
+    embed_model: str
+    labels_json: str = "[]"
+    n_examples: int = 0
+    data_hash: str = ""
+    metrics_json: str = "{}"
+    blob: bytes  # the head itself (npz), so the database stays the one file to copy
+    created_at: datetime = Field(default_factory=now)
+
+
 class Migration(SQLModel, table=True):
     __tablename__ = "shoal_migration"
 

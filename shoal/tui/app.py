@@ -306,6 +306,7 @@ class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("e", "edit", "Edit model/threshold"),
+        Binding("a", "activate", "Activate head version"),
         Binding("p", "pull", "Pull Ollama model"),
         Binding("r", "refresh", "Refresh"),
     ]
@@ -319,6 +320,7 @@ class ModelsScreen(Screen[None]):
         yield Header()
         yield DataTable(id="backends", cursor_type="row")
         yield DataTable(id="specialists", cursor_type="row")
+        yield DataTable(id="heads", cursor_type="row")
         yield Input(placeholder="MODEL THRESHOLD, e.g. ollama:qwen2.5:3b 0.7 (enter saves to shoal.toml)", id="edit")
         yield Input(placeholder="Ollama model to pull, e.g. qwen2.5:3b (enter starts)", id="pull")
         yield ProgressBar(id="pull-progress", show_eta=True)
@@ -327,7 +329,10 @@ class ModelsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#backends", DataTable).add_columns("backend", "status", "where", "models")
-        self.query_one("#specialists", DataTable).add_columns("specialist", "model", "threshold")
+        self.query_one("#specialists", DataTable).add_columns("specialist", "model", "threshold", "answers with")
+        self.query_one("#heads", DataTable).add_columns(
+            "head", "active", "trained on", "labels", "held-out acc.", "ECE", "escalated", "before", "embeddings", "at"
+        )
         self.query_one("#edit", Input).display = False
         self.query_one("#pull", Input).display = False
         self.query_one("#pull-progress", ProgressBar).display = False
@@ -336,9 +341,40 @@ class ModelsScreen(Screen[None]):
     def action_refresh(self) -> None:
         table = self.query_one("#specialists", DataTable)
         table.clear()
-        for name, model, threshold in self.app.engine.specialist_settings():  # type: ignore[attr-defined]
-            table.add_row(name, model, f"{threshold:.2f}", key=name)
+        for name, model, threshold, how in self.app.engine.specialist_settings():  # type: ignore[attr-defined]
+            table.add_row(name, model, f"{threshold:.2f}", how, key=name)
+        heads = self.query_one("#heads", DataTable)
+        heads.clear()
+        for h in self.app.engine.heads():  # type: ignore[attr-defined]
+            after, before = h.after or {}, h.before or {}
+            heads.add_row(
+                f"{h.specialist} v{h.version}",
+                "active" if h.active else "",
+                f"{h.examples} examples",
+                str(h.labels),
+                f"{after.get('accuracy', 0):.3f}",
+                f"{after.get('ece', 0):.3f}",
+                f"{after.get('escalated', 0):.1%}",
+                f"{before.get('what', '')} {before.get('accuracy', 0):.3f}" if before else "-",
+                h.embed_model,
+                h.created_at.strftime("%Y-%m-%d %H:%M"),
+                key=f"{h.specialist}:{h.version}",
+            )
         self.check_backends()
+
+    def action_activate(self) -> None:
+        heads = self.query_one("#heads", DataTable)
+        if heads.row_count == 0:
+            self.notify("no trained heads yet: run `shoal train SPECIALIST --data FILE`", severity="warning")
+            return
+        name, _, version = str(heads.get_row_at(heads.cursor_row)[0]).rpartition(" v")
+        try:
+            self.app.engine.activate_head(name, int(version))  # type: ignore[attr-defined]
+        except Exception as exc:  # shown to the operator
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"{name}: head v{version} is active")
+        self.action_refresh()
 
     @work(exclusive=True, group="health")
     async def check_backends(self) -> None:
@@ -358,7 +394,7 @@ class ModelsScreen(Screen[None]):
         table = self.query_one("#specialists", DataTable)
         if table.row_count == 0:
             return
-        _, model, threshold = table.get_row_at(table.cursor_row)
+        _, model, threshold, _ = table.get_row_at(table.cursor_row)
         edit = self.query_one("#edit", Input)
         edit.display = True
         edit.value = f"{model} {threshold}"
