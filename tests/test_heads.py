@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,5 +283,93 @@ async def test_the_flywheel_escalations_become_examples_and_escalation_falls(tmp
         report_ = await shoal.run(held[0][0], plan=plan)
         step = shoal.store.steps(report_.run_id)[0]
         assert "+head:classifier@v1" in (step.model or "")
+    finally:
+        await shoal.aclose()
+
+
+def shoal_cli(tmp: Path, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SHOAL_DB": str(tmp / "shoal.db"), "COLUMNS": "200"},
+        cwd=tmp,
+        timeout=600,
+    )
+
+
+def write_labelled(path: Path, per_label: int, *, column: str, extra: Sequence[tuple[str, str]] = ()) -> int:
+    import csv
+
+    chosen: dict[str, list[str]] = {}
+    for row in rows()[::5]:
+        chosen.setdefault(row[column], [])
+        if len(chosen[row[column]]) < per_label:
+            chosen[row[column]].append(row["instruction"])
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["instruction", column])
+        lines = [(text, label) for label, texts in chosen.items() for text in texts] + list(extra)
+        writer.writerows(lines)
+    return len(lines)
+
+
+@pytest.mark.embedded
+def test_train_and_heads_commands(tmp_path: Path) -> None:
+    n = write_labelled(tmp_path / "categories.csv", 5, column="category")
+    done = shoal_cli(
+        tmp_path, "train", "category", "--data", "categories.csv", "--text", "instruction", "--label", "category",
+        "--baseline", "0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{n} examples ({n} file), 11 labels" in done.stdout and "head v1 activated" in done.stdout
+    listing = shoal_cli(tmp_path, "heads")
+    assert "category" in listing.stdout and "v1" in listing.stdout and "yes" in listing.stdout
+    assert shoal_cli(tmp_path, "train", "category", "--activate", "1").returncode == 0
+    missing = shoal_cli(tmp_path, "train", "category", "--activate", "7")
+    assert missing.returncode == 1 and "no head version 7" in missing.stderr
+    write_labelled(tmp_path / "bad.csv", 5, column="category", extra=[("hello", "NOT_A_CATEGORY")])
+    bad = shoal_cli(tmp_path, "train", "category", "--data", "bad.csv", "--text", "instruction", "--label", "category")
+    assert bad.returncode == 1 and "does not know: NOT_A_CATEGORY (1)" in bad.stderr
+    wrong = shoal_cli(tmp_path, "train", "summary")
+    assert wrong.returncode == 1 and "only classifiers can be trained" in wrong.stderr
+
+
+@pytest.mark.embedded
+@pytest.mark.timeout(900)
+async def test_ticket_triage_answers_category_and_intent_from_trained_heads(tmp_path: Path) -> None:
+    """The README's recipe: train the ticket classifiers on Bitext, then triage."""
+    from shoal.graphs.tickets import TicketRow
+
+    write_labelled(tmp_path / "intents.csv", 8, column="intent")
+    write_labelled(tmp_path / "categories.csv", 8, column="category")
+    config = Path(__file__).resolve().parents[1] / "examples" / "shoal.toml"
+    settings = Settings.load(config, env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    shoal = Shoal(settings)
+    try:
+        intent = await shoal.train(
+            "intent", files=load_labelled(tmp_path / "intents.csv", text_column="instruction", label_column="intent"),
+            baseline=0,
+        )  # fmt: skip
+        category = await shoal.train(
+            "category",
+            files=load_labelled(tmp_path / "categories.csv", text_column="instruction", label_column="category"),
+            baseline=0,
+        )
+        assert intent.activated and category.activated and intent.labels == 27
+        texts = [r["instruction"] for r in rows()[3::601][:3]]
+        outcomes = await shoal.triage([TicketRow(key=f"T{i}", line=i, text=t) for i, t in enumerate(texts)])
+        assert len(outcomes) == 3
+        for outcome in outcomes:
+            steps = {s.step_id: s for s in shoal.store.steps(outcome.run_id or "")}
+            for name in ("category", "intent"):
+                answered = steps[name]
+                assert "+head:" in (answered.model or "") or answered.answered_by in ("frontier", "human"), answered
+                evidence = json.loads(answered.evidence_json or "[]")
+                assert any(e["name"] == "nearest" for e in evidence) or answered.status == "waiting"
     finally:
         await shoal.aclose()

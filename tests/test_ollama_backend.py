@@ -13,6 +13,7 @@ from shoal.errors import (
     BackendUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
+    PermanentModelError,
     SchemaValidationError,
     ServerError,
 )
@@ -207,6 +208,42 @@ def _live_host() -> str | None:
     return url
 
 
+async def test_embed_batches_through_api_embed(server: FakeServer, fast_retry: RetryPolicy) -> None:
+    # the /api/embed response as docs.ollama.com/api/embed documents it
+    server.add("/api/embed", Answer(500, {"error": "model is loading"}))
+    server.add(
+        "/api/embed",
+        Answer(
+            body={
+                "model": "all-minilm",
+                "embeddings": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
+                "total_duration": 14143917,
+                "load_duration": 1019500,
+                "prompt_eval_count": 8,
+            }
+        ),
+    )
+    backend = OllamaBackend(server.url, retry=fast_retry)
+    result = await backend.embed("all-minilm", ["why is the sky blue?", "why is the grass green?"])
+    assert result.vectors == [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]] and result.dim == 3 and result.input_tokens == 8
+    sent = server.bodies("/api/embed")[-1]
+    assert sent["model"] == "all-minilm" and sent["input"] == ["why is the sky blue?", "why is the grass green?"]
+    assert sent["truncate"] is True and len(server.bodies("/api/embed")) == 2  # the 500 was retried
+
+
+async def test_embed_errors(server: FakeServer, fast_retry: RetryPolicy) -> None:
+    backend = OllamaBackend(server.url, retry=fast_retry)
+    server.add("/api/embed", Answer(404, {"error": 'model "nomic-embed-text" not found, try pulling it first'}))
+    with pytest.raises(ModelNotFoundError, match="ollama pull nomic-embed-text"):
+        await backend.embed("nomic-embed-text", ["a"])
+    server.add("/api/embed", Answer(body={"model": "m", "embeddings": [[0.1, 0.2]]}))
+    with pytest.raises(PermanentModelError, match="1 embeddings for 2 texts"):
+        await backend.embed("m", ["a", "b"])
+    server.add("/api/embed", Answer(400, {"error": "this model does not support embeddings"}))
+    with pytest.raises(InvalidRequestError, match="does not support embeddings"):
+        await backend.embed("qwen2.5:3b", ["a"])
+
+
 @pytest.mark.live
 async def test_live_ollama() -> None:
     host = _live_host()
@@ -225,4 +262,6 @@ async def test_live_ollama() -> None:
         )
     )
     assert isinstance(reply.parsed, Ticket)
+    embedded = await backend.embed(models[0].name, ["order 42 arrived broken", "where is my parcel"])
+    assert len(embedded.vectors) == 2 and embedded.dim > 0
     await backend.aclose()

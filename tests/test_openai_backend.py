@@ -13,6 +13,7 @@ from shoal.errors import (
     AuthenticationError,
     BackendUnavailableError,
     ModelNotFoundError,
+    PermanentModelError,
     SchemaValidationError,
     ServerError,
 )
@@ -133,6 +134,38 @@ async def test_reply_breaking_schema_keeps_raw_text(server: FakeServer, fast_ret
 async def test_missing_key_is_reported_in_health() -> None:
     health = await OpenAIBackend(base_url="http://127.0.0.1:9/v1").health()
     assert not health.reachable and "OPENAI_API_KEY is not set" in health.reason
+
+
+async def test_embeddings_in_index_order(server: FakeServer, fast_retry: RetryPolicy) -> None:
+    # the /v1/embeddings response as platform.openai.com documents it (items carry their index)
+    server.add("/v1/embeddings", Answer(429, {"error": {"message": "slow down", "type": "rate_limit", "code": None}}))
+    server.add(
+        "/v1/embeddings",
+        Answer(
+            body={
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0.3, 0.4]},
+                    {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]},
+                ],
+                "model": "text-embedding-3-small",
+                "usage": {"prompt_tokens": 9, "total_tokens": 9},
+            }
+        ),
+    )
+    result = await backend(server, fast_retry).embed("text-embedding-3-small", ["first", ""])
+    assert result.vectors == [[0.1, 0.2], [0.3, 0.4]] and result.input_tokens == 9
+    sent = server.bodies("/v1/embeddings")[-1]
+    assert sent["input"] == ["first", " "] and sent["model"] == "text-embedding-3-small"
+
+
+async def test_embeddings_errors(server: FakeServer, fast_retry: RetryPolicy) -> None:
+    server.add("/v1/embeddings", error(404, "The model `nope` does not exist", "model_not_found"))
+    with pytest.raises(ModelNotFoundError, match="nope"):
+        await backend(server, fast_retry).embed("nope", ["a"])
+    server.add("/v1/embeddings", Answer(body={"object": "list", "data": [], "model": "m", "usage": None}))
+    with pytest.raises(PermanentModelError, match="0 embeddings for 1 texts"):
+        await backend(server, fast_retry).embed("m", ["a"])
 
 
 @pytest.mark.live

@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from shoal.errors import ModelError, SchemaValidationError, ServerError
+from shoal.errors import ModelError, PermanentModelError, SchemaValidationError
 
 BackendName = Literal["ollama", "embedded", "openai", "scripted"]
 # the backends a configuration can name; `scripted` is built in code, for tests
@@ -343,12 +343,12 @@ def dumps_compact(value: Any) -> str:
 
 
 def check_embeddings(vectors: list[list[float]], texts: Sequence[str], where: str) -> list[list[float]]:
-    """A server that answers with the wrong number of vectors, or ragged ones, is broken;
-    a silent mismatch would pair texts with the wrong vectors."""
+    """A server that answers with the wrong number of vectors, or ragged ones, is broken (not
+    busy: asking again gets the same); a silent mismatch would pair texts with wrong vectors."""
     if len(vectors) != len(texts):
-        raise ServerError(f"{where} returned {len(vectors)} embeddings for {len(texts)} texts")
+        raise PermanentModelError(f"{where} returned {len(vectors)} embeddings for {len(texts)} texts")
     if vectors and len({len(v) for v in vectors}) != 1:
-        raise ServerError(f"{where} returned embeddings of different sizes")
+        raise PermanentModelError(f"{where} returned embeddings of different sizes")
     if vectors and not vectors[0]:
-        raise ServerError(f"{where} returned empty embeddings")
+        raise PermanentModelError(f"{where} returned empty embeddings")
     return vectors

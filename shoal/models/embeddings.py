@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from shoal.errors import ServerError
+from shoal.errors import PermanentModelError
 from shoal.models.base import ModelRef
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Embedder:
         dims = {known[k].shape[0] for k in keys}
         if len(dims) != 1:
             # a cache filled by another build of the model, or a server that changed models
-            raise ServerError(
+            raise PermanentModelError(
                 f"embeddings from {model} have different sizes ({sorted(dims)}); "
                 f"clear the cache with `DELETE FROM embedding WHERE model = '{model}'`"
             )
