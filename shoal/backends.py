@@ -30,6 +30,7 @@ def build_backend(name: BackendName, settings: Settings) -> ModelBackend:
             n_threads=settings.embedded.n_threads,
             n_gpu_layers=settings.embedded.n_gpu_layers,
             models=settings.embedded.models,
+            embed_ctx=settings.embedded.embed_ctx,
         )
     if name == "scripted":
         raise ValueError("the scripted backend answers from a script: build ScriptedBackend(...) in code")

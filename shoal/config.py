@@ -42,6 +42,8 @@ class EmbeddedSettings(_Section):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
     n_gpu_layers: int = 0
+    # tokens per text when embedding for a trained head; longer texts are cut to this
+    embed_ctx: int = Field(default=512, ge=32)
     # name -> GGUF path, so `embedded:mymodel` can point at any file (an Ollama blob, say)
     models: dict[str, str] = Field(default_factory=dict)
 

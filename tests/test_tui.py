@@ -298,3 +298,56 @@ async def test_command_palette_reaches_every_screen(tmp_path: Path) -> None:
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ModelsScreen)
+
+
+def answering(table: DataTable[Any]) -> dict[str, str]:
+    """specialist -> the Models screen's "answers with" column."""
+    return {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[3]) for i in range(table.row_count)}
+
+
+async def test_models_screen_lists_heads_and_activates_an_older_one(tmp_path: Path) -> None:
+    from bitext import rows
+
+    from shoal.evaluation import Labelled
+    from shoal.tui.app import ModelsScreen
+
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db"), "OLLAMA_HOST": "127.0.0.1:9"})
+    # scripted embeddings: this test is about the screen, the real model is trained in test_heads
+    settings.specialists = {"category": SpecialistSettings(embed_model="scripted:emb")}
+    backend = ScriptedBackend()
+    trainer = Shoal(settings, router=ModelRouter(lambda _: backend))
+    seen: dict[str, int] = {}
+    data = []
+    for row in rows()[::3]:
+        if seen.get(row["category"], 0) < 6:
+            seen[row["category"]] = seen.get(row["category"], 0) + 1
+            data.append(Labelled(text=row["instruction"], label=row["category"]))
+    first = await trainer.train("category", files=data, baseline=0)
+    second = await trainer.train("category", baseline=0, force=True)
+    await trainer.aclose()
+    assert (first.version, second.version) == (1, 2) and second.activated
+
+    app = ShoalApp(settings)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("m")
+        assert isinstance(app.screen, ModelsScreen)
+        await pilot.pause()
+        heads = app.screen.query_one("#heads", DataTable)
+        listed = [[str(c) for c in heads.get_row_at(i)] for i in range(heads.row_count)]
+        assert [row[:2] for row in listed] == [["category v1", ""], ["category v2", "active"]]
+        assert listed[0][2] == f"{first.n_train} examples" and listed[0][8] == "scripted:emb"
+        specialists = app.screen.query_one("#specialists", DataTable)
+        how = {
+            str(specialists.get_row_at(i)[0]): str(specialists.get_row_at(i)[3]) for i in range(specialists.row_count)
+        }
+        assert how["category"] == "head v2" and how["intent"] == "prompt"
+        heads.focus()
+        heads.move_cursor(row=0)
+        await pilot.press("a")
+        await pilot.pause()
+        how = {
+            str(specialists.get_row_at(i)[0]): str(specialists.get_row_at(i)[3]) for i in range(specialists.row_count)
+        }
+        assert how["category"] == "head v1"
+    active = app.engine.store.active_head("category")
+    assert active is not None and active.version == 1
