@@ -27,7 +27,15 @@ from rich.table import Table
 
 from shoal.backends import build_router
 from shoal.config import Settings
-from shoal.evaluation import OUT_OF_SCOPE, Labelled, Prediction, load_labelled, report, stratified
+from shoal.evaluation import (
+    OUT_OF_SCOPE,
+    Labelled,
+    Prediction,
+    expected_calibration_error,
+    load_labelled,
+    report,
+    stratified,
+)
 from shoal.models.embeddings import Embedder
 from shoal.specialists.classifier import Classifier, TextInput
 from shoal.specialists.heads import TrainedHead
@@ -92,7 +100,11 @@ async def run(name: str, train: list[Labelled], test: list[Labelled], model: str
     classifier = Classifier(router, model, labels, instruction="Classify the user's request by intent.")
     inside = [r for r in test if r.label != OUT_OF_SCOPE]
     outside = [r for r in test if r.label == OUT_OF_SCOPE]
-    sample = stratified(inside, max(1, prompt_n * 4 // 5 // len(labels))) + stratified(outside, prompt_n // 5)
+    sample = (
+        stratified(inside, max(1, prompt_n * 4 // 5 // len(labels))) + stratified(outside, prompt_n // 5)
+        if prompt_n
+        else []
+    )
     prompt_predictions = []
     with console.status(f"{name}: prompting {len(sample)} test rows") as status:
         for i, row in enumerate(sample):
@@ -111,19 +123,29 @@ async def run(name: str, train: list[Labelled], test: list[Labelled], model: str
     await router.aclose()
 
     table = Table(title=f"{name}: {len(labels)} labels, {len(train):,} training rows, {model}")
-    for column in ("", "rows", "acc.", "macro-F1", "ECE", "AUROC", "threshold", "in-scope esc.", "oos esc."):
+    columns = ("", "rows", "acc.", "macro-F1", "ECE", "ECE in scope", "AUROC", "threshold", "in-scope esc.", "oos esc.")
+    for column in columns:
         table.add_column(column, justify="right" if column else "left")
     results = {}
     for what, predictions in (("trained head", head_predictions), ("prompted", prompt_predictions)):
+        if not predictions:
+            continue
         figures = report(predictions, labels)
+        in_scope_ece = expected_calibration_error([p for p in predictions if p.gold != OUT_OF_SCOPE])
         threshold, in_esc, oos_esc = at_in_scope_budget(predictions)
-        results[what] = {**figures.model_dump(exclude={"table"}), "threshold_20": threshold, "oos_escalated": oos_esc}
+        results[what] = {
+            **figures.model_dump(exclude={"table"}),
+            "ece_in_scope": in_scope_ece,
+            "threshold_20": threshold,
+            "oos_escalated": oos_esc,
+        }
         table.add_row(
             what,
             f"{figures.n_in_scope:,}+{figures.n_out_of_scope:,}",
             f"{figures.in_scope_accuracy:.3f}",
             f"{figures.macro_f1:.3f}",
             f"{figures.ece:.3f}",
+            f"{in_scope_ece:.3f}",
             "-" if figures.auroc is None else f"{figures.auroc:.3f}",
             f"{threshold:.3f}",
             f"{in_esc:.1%}",
@@ -145,7 +167,9 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=["clinc", "bitext"], default=["clinc", "bitext"])
     parser.add_argument("--model", default="embedded:smollm2-135m")
     parser.add_argument("--db", type=Path, default=Path("heads-benchmark.db"), help="embedding cache")
-    parser.add_argument("--prompt-rows", type=int, default=300, help="test rows put to the prompted classifier")
+    parser.add_argument(
+        "--prompt-rows", type=int, default=300, help="test rows put to the prompted classifier (0: skip)"
+    )
     args = parser.parse_args()
     for name in args.data:
         train, test = clinc() if name == "clinc" else bitext()

@@ -427,10 +427,8 @@ class Shoal:
         if plan is not None:
             chosen = Plan.model_validate(plan).check(list(self.specialists), self.settings.max_plan_steps)
         run_id = uuid.uuid4().hex[:12]
-        self.store.create_run(run_id, text)
+        self.store.create_run(run_id, text, plan_json=None if chosen is None else chosen.model_dump_json())
         self._fresh.add(run_id)
-        if chosen is not None:
-            self.store.update_run(run_id, plan_json=chosen.model_dump_json())
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
         if on_start is not None:
             on_start(run_id)

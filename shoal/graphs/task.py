@@ -157,6 +157,18 @@ def question(data: BaseModel, outcome: Outcome[Any]) -> dict[str, Any]:
     }
 
 
+def outcome_of_values(row: dict[str, Any], output: Any) -> StepOutcome:
+    return StepOutcome(
+        step_id=row["step_id"],
+        specialist=row["specialist"],
+        status=row["status"],
+        output=output,
+        text=render(output),
+        confidence=row.get("confidence") or 0.0,
+        answered_by=row.get("answered_by"),
+    )
+
+
 def outcome_of(row: Step, output: Any = None) -> StepOutcome:
     """What a step hands on; `output` spares re-reading the JSON the caller just wrote."""
     if output is None and row.output_json is not None:
@@ -347,50 +359,61 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         specialist = runtime.specialists[spec.specialist]
         data = build_input(specialist, spec, payload["task"], payload["upstream"])
         outcome, calls, escalations, error = await run_ladder(run_id, spec.id, specialist, data)
-        row = Step(
-            run_id=run_id,
-            step_id=spec.id,
-            specialist=spec.specialist,
-            instruction=spec.instruction,
-            input_json=data.model_dump_json(),
-        )
+        # plain values, not a Step object: a run this process started inserts them directly
+        row: dict[str, Any] = {
+            "run_id": run_id,
+            "step_id": spec.id,
+            "specialist": spec.specialist,
+            "instruction": spec.instruction,
+            "input_json": data.model_dump_json(),
+        }
+
+        def save(
+            calls: list[dict[str, Any]],
+            escalated: list[EscalationRow],
+            review: Review | None = None,
+            examples: list[dict[str, Any]] | None = None,
+        ) -> None:
+            if fresh:
+                store.insert_step(row, calls, escalated, review, examples or ())
+            else:
+                store.record_step(Step(**row), calls, escalated, review, examples=examples or ())
+
         if error is not None or outcome is None:
-            row.status, row.error = "failed", str(error)
-            store.record_step(
-                row, call_rows(run_id, spec.id, calls, None), escalation_rows(run_id, spec.id, escalations)
-            )
+            row["status"], row["error"] = "failed", str(error)
+            save(call_rows(run_id, spec.id, calls, None), escalation_rows(run_id, spec.id, escalations))
             raise error or ModelError(f"step {spec.id} failed")
         result: Result[Any] = outcome.result
-        row.confidence = result.confidence
-        row.first_confidence = outcome.first.confidence
-        row.evidence_json = json.dumps([s.model_dump() for s in result.evidence])
-        row.model = result.model
         output = None if result.output is None else result.output.model_dump(mode="json")
-        row.output_json = None if output is None else json.dumps(output, ensure_ascii=False)
-        row.answered_by = outcome.answered_by or ("unverified" if outcome.status == "failed" else None)
-        rows = (
-            call_rows(run_id, spec.id, calls, result.confidence),
-            escalation_rows(run_id, spec.id, escalations),
+        row.update(
+            confidence=result.confidence,
+            first_confidence=outcome.first.confidence,
+            evidence_json=json.dumps([s.model_dump() for s in result.evidence]),
+            model=result.model,
+            output_json=None if output is None else json.dumps(output, ensure_ascii=False),
+            answered_by=outcome.answered_by or ("unverified" if outcome.status == "failed" else None),
         )
+        calls_rows = call_rows(run_id, spec.id, calls, result.confidence)
+        escalated = escalation_rows(run_id, spec.id, escalations)
         settle(escalations)
         if outcome.status == "needs_human":
-            row.status = "waiting"
+            row["status"] = "waiting"
             review = Review(
                 run_id=run_id,
                 step_id=spec.id,
                 specialist=spec.specialist,
                 question_json=json.dumps(question(data, outcome)),
             )
-            store.record_step(row, *rows, review=review, new=fresh)
+            save(calls_rows, escalated, review)
             return {"waiting": {spec.id: {"review_id": review.id}}}
-        row.status = "done"
+        row["status"] = "done"
         taught = (
             teaches(spec.specialist, specialist, data, result.output, "frontier", run_id, spec.id)
             if outcome.answered_by == "frontier"
             else []
         )
-        store.record_step(row, *rows, new=fresh, examples=taught)
-        return {"results": {spec.id: outcome_of(row, output)}}
+        save(calls_rows, escalated, examples=taught)
+        return {"results": {spec.id: outcome_of_values(row, output)}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:
         run_id, step_id = payload["run_id"], payload["step_id"]

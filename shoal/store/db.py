@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,9 @@ class Store:
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         event.listen(self.engine, "connect", _pragmas)
+        self._checkpoint_tables: set[str] = set()
+        self._fast: sqlite3.Connection | None = None
+        self._fast_lock = threading.Lock()
         self.migrate()
 
     # --- schema ---------------------------------------------------------------------------
@@ -126,8 +132,8 @@ class Store:
 
     # --- runs -----------------------------------------------------------------------------
 
-    def create_run(self, run_id: str, task: str, *, workflow: str = "task") -> Run:
-        row = Run(id=run_id, task=task, workflow=workflow, status="running", owner_pid=os.getpid())
+    def create_run(self, run_id: str, task: str, *, workflow: str = "task", plan_json: str | None = None) -> Run:
+        row = Run(id=run_id, task=task, workflow=workflow, status="running", owner_pid=os.getpid(), plan_json=plan_json)
         with self.session() as session:
             session.add(row)
             session.commit()
@@ -235,6 +241,42 @@ class Store:
             _upsert_examples(session.connection(), examples)
             session.commit()
             return step
+
+    def insert_step(
+        self,
+        values: dict[str, Any],
+        calls: Sequence[dict[str, Any]],
+        escalations: Sequence[Escalation] = (),
+        review: Review | None = None,
+        examples: Sequence[dict[str, Any]] = (),
+    ) -> int:
+        """`record_step` for a step known to have no row yet, from plain values (no ORM object:
+        on the hot path building one costs more than the write). Returns the row id."""
+        if escalations or review is not None or examples:
+            step = self._insert_step(Step(**values), calls, escalations, review, examples)
+            return int(step.id or 0)
+        # the common case (a step answered with nothing escalated): one short transaction on a
+        # connection of its own, without SQLAlchemy's per-statement machinery
+        with self._fast_lock:
+            raw = self._fast_connection()
+            with raw:  # commits, or rolls back on error
+                step_id = raw.execute(_STEP_SQL, _row(_STEP_COLUMNS, values, _STEP_DEFAULTS)).lastrowid
+                if calls:
+                    raw.executemany(_CALL_SQL, [_row(_CALL_COLUMNS, call, _CALL_DEFAULTS) for call in calls])
+        return int(step_id or 0)
+
+    def _fast_connection(self) -> sqlite3.Connection:
+        if self._fast is None:
+            self._fast = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            _pragmas(self._fast, None)
+        return self._fast
+
+    def close(self) -> None:
+        with self._fast_lock:
+            if self._fast is not None:
+                self._fast.close()
+                self._fast = None
+        self.engine.dispose()
 
     def _insert_step(
         self,
@@ -445,10 +487,16 @@ class Store:
     def prune_checkpoints(self, run_id: str) -> int:
         """Drop LangGraph's snapshots of a finished run; shoal's own rows keep its history."""
         with self.engine.begin() as connection:
-            tables = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
+            if len(self._checkpoint_tables) < 2:  # once both exist they stay: stop asking
+                self._checkpoint_tables = {
+                    r[0]
+                    for r in connection.exec_driver_sql(
+                        "SELECT name FROM sqlite_master WHERE type='table' AND name IN ('checkpoints', 'writes')"
+                    )
+                }
             removed = 0
             for table in ("checkpoints", "writes"):
-                if table in tables:
+                if table in self._checkpoint_tables:
                     removed += connection.execute(
                         text(f"DELETE FROM {table} WHERE thread_id = :t"), {"t": run_id}
                     ).rowcount
@@ -471,6 +519,38 @@ class StoreLedger:
 
     def recorded(self, cost_usd: float) -> None:
         self.unrecorded = max(0.0, self.unrecorded - cost_usd)
+
+
+def _sqlite_value(value: Any) -> Any:
+    """What SQLAlchemy would bind: datetimes in its SQLite text format, enums by value."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _insert_sql(table: Any) -> tuple[str, list[str], dict[str, Any]]:
+    columns = [c.name for c in table.columns if c.name != "id"]
+    defaults = {
+        c.name: c.default.arg
+        for c in table.columns
+        if c.default is not None and c.name != "id" and not callable(c.default.arg)
+    }
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+    return sql, columns, defaults
+
+
+def _row(columns: list[str], values: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, ...]:
+    stamp = now()
+    return tuple(
+        _sqlite_value(values[c] if c in values else defaults.get(c, stamp if c in _STAMPS else None)) for c in columns
+    )
+
+
+_STAMPS = {"started_at", "created_at"}
+_STEP_SQL, _STEP_COLUMNS, _STEP_DEFAULTS = _insert_sql(SQLModel.metadata.tables["step"])
+_CALL_SQL, _CALL_COLUMNS, _CALL_DEFAULTS = _insert_sql(SQLModel.metadata.tables["modelcall"])
 
 
 def _upsert_examples(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
