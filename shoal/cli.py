@@ -488,9 +488,16 @@ def eval_(
         Path | None, typer.Option(help="JSONL of predictions, written as they come; re-running resumes.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    specialist: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluate this configured classifier as it answers now (its trained head, if active) "
+            "instead of prompting --model over the data's labels."
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Evaluate the classifier on labelled data and recommend a threshold."""
+    """Evaluate a classifier on labelled data and recommend a threshold."""
     from shoal.evaluation import OUT_OF_SCOPE, Prediction, load_labelled, report, stratified
     from shoal.specialists.classifier import Classifier, TextInput
 
@@ -515,9 +522,23 @@ def eval_(
                 kept = Prediction.model_validate_json(line)
                 done[(kept.text, kept.gold)] = kept
 
+    engine = _engine(config) if specialist is not None else None
+    what = str(ref)
+    if engine is not None and specialist is not None:
+        configured = engine.trainable(specialist)
+        engine.attach_heads({specialist: configured})
+        how = f"head v{configured.head.info.version}" if configured.head is not None else "prompted"
+        what = f"{specialist} ({configured.model}, {how})"
+
     async def go() -> list[Prediction]:
-        router = build_router(settings)
-        classifier = Classifier(router, ref, labels, instruction="Classify the user's request by intent.")
+        router = build_router(settings) if engine is None else engine.router
+        classifier = (
+            Classifier(router, ref, labels, instruction="Classify the user's request by intent.")
+            if engine is None
+            else engine.trainable(specialist)
+        )
+        if classifier.embedder is not None:  # embed in batches first; each row then reads the cache
+            await classifier.embedder.embed([r.text for r in chosen if (r.text, r.label) not in done])
         predictions: list[Prediction] = []
         sink = out.open("a", encoding="utf-8") if out is not None else None
         try:
@@ -552,7 +573,7 @@ def eval_(
         finally:
             if sink is not None:
                 sink.close()
-            await router.aclose()
+            await (router.aclose() if engine is None else engine.aclose())
         return predictions
 
     predictions = asyncio.run(go())
@@ -560,7 +581,7 @@ def eval_(
     if as_json:
         console.print_json(result.model_dump_json())
         return
-    _print_eval(result, str(ref), data)
+    _print_eval(result, what, data)
 
 
 def _print_eval(result: Any, model: str, data: Path) -> None:

@@ -327,6 +327,13 @@ def test_train_and_heads_commands(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"{n} examples ({n} file), 11 labels" in done.stdout and "head v1 activated" in done.stdout
+    scored = shoal_cli(
+        tmp_path, "eval", "categories.csv", "--text", "instruction", "--label", "category", "--specialist", "category",
+        "--json",
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    figures = json.loads(scored.stdout)
+    assert figures["n"] == n and figures["in_scope_accuracy"] > 0.5  # rows it was trained on, mostly
     listing = shoal_cli(tmp_path, "heads")
     assert "category" in listing.stdout and "v1" in listing.stdout and "yes" in listing.stdout
     assert shoal_cli(tmp_path, "train", "category", "--activate", "1").returncode == 0
