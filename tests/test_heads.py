@@ -380,3 +380,23 @@ async def test_ticket_triage_answers_category_and_intent_from_trained_heads(tmp_
                 assert any(e["name"] == "nearest" for e in evidence) or answered.status == "waiting"
     finally:
         await shoal.aclose()
+
+
+async def test_a_persons_answer_becomes_a_labelled_example(tmp_path: Path) -> None:
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.frontier_model = None
+    settings.specialists = {"classifier": SpecialistSettings(threshold=0.9)}
+    backend = ScriptedBackend(lambda _: '{"label": "ORDER"}')  # no logprobs: confidence 0, so a person decides
+    plan = {"steps": [{"id": "kind", "specialist": "classifier", "instruction": "category", "inputs": ["task"]}]}
+    async with Shoal(settings, router=ModelRouter(lambda _: backend)) as shoal:
+        waiting = await shoal.run("I was charged twice, please refund me", plan=plan)
+        assert waiting.status == "waiting" and shoal.store.examples("classifier") == []
+        done = await shoal.review(waiting.reviews[0].id, "REFUND", who="dana")
+        assert done.status == "done"
+        [example] = shoal.store.examples("classifier")
+        assert (example.text, example.label, example.source) == (
+            "I was charged twice, please refund me",
+            "REFUND",
+            "human",
+        )
+        assert example.run_id == waiting.run_id and example.step_id == "kind"
