@@ -19,12 +19,14 @@ from shoal.models.base import (
     Usage,
     parse_structured,
 )
+from shoal.models.embeddings import Embedder, VectorCache
 from shoal.models.router import CallRecord, ModelRouter, Recorder
 
 __all__ = [
     "BackendHealth",
     "CallRecord",
     "ChatRequest",
+    "Embedder",
     "Embeddings",
     "Message",
     "ModelBackend",
@@ -37,5 +39,6 @@ __all__ = [
     "TokenLogprob",
     "TopLogprob",
     "Usage",
+    "VectorCache",
     "parse_structured",
 ]

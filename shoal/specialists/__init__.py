@@ -4,6 +4,7 @@ from shoal.specialists.base import Judgement, Result, Signal, Specialist
 from shoal.specialists.classifier import Classification, Classifier, TextInput
 from shoal.specialists.coder import Code, Coder, CodeResult, CodeTask
 from shoal.specialists.extractor import Extractor
+from shoal.specialists.heads import HeadError, HeadInfo, TrainedHead
 from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailableError
 from shoal.specialists.summarizer import Summarizer, Summary, SummaryInput
 
@@ -15,6 +16,8 @@ __all__ = [
     "CodeTask",
     "Coder",
     "Extractor",
+    "HeadError",
+    "HeadInfo",
     "Judgement",
     "Result",
     "Sandbox",
@@ -27,4 +30,5 @@ __all__ = [
     "Summary",
     "SummaryInput",
     "TextInput",
+    "TrainedHead",
 ]
