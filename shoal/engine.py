@@ -373,8 +373,10 @@ class Shoal:
             force=force,
             progress=progress,
         )
-        if report.activated and self.settings.specialists.get(key, SpecialistSettings()).head is None:
+        chosen = self.settings.specialists.get(key, SpecialistSettings())
+        if report.activated and chosen.head is None and chosen.mode != "prompt":
             classifier.use_head(head, self.embedder(key))
+            self._attached.add(key)
         return report
 
     def heads(self) -> list[HeadSummary]:

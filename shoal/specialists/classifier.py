@@ -158,11 +158,7 @@ class Classifier(Specialist[TextInput, Classification]):
                 f"(head {version}, {head.info.n_train + head.info.n_calibration} examples, "
                 f"T={head.info.temperature:.2f})",
             ),
-            Signal(
-                name="margin",
-                value=margin,
-                detail=f"runner-up {runner_up[0]} at {runner_up[1]:.2f}" if runner_up[0] else "no runner-up",
-            ),
+            margin_signal(margin, runner_up),
             Signal(
                 name="nearest",
                 value=max(0.0, nearest[0][2]) if nearest else 0.0,
@@ -267,11 +263,7 @@ class Classifier(Specialist[TextInput, Classification]):
                 value=confidence,
                 detail=", ".join(f"p({lbl})={p:.2f}" for lbl, p in chosen_p.items()),
             ),
-            Signal(
-                name="margin",
-                value=margin,
-                detail=f"runner-up {runner_up[0]} at {runner_up[1]:.2f}" if runner_up[0] else "no runner-up",
-            ),
+            margin_signal(margin, runner_up),
             Signal(
                 name="label_mass",
                 value=min(1.0, label_mass),
@@ -311,6 +303,11 @@ class Classifier(Specialist[TextInput, Classification]):
 
     def agree(self, a: Classification, b: Classification) -> bool:
         return sorted(a.labels or [a.label]) == sorted(b.labels or [b.label])
+
+
+def margin_signal(margin: float, runner_up: tuple[str | None, float]) -> Signal:
+    label, p = runner_up
+    return Signal(name="margin", value=margin, detail=f"runner-up {label} at {p:.2f}" if label else "no runner-up")
 
 
 def _short(text: str, limit: int = 60) -> str:
