@@ -666,16 +666,16 @@ class Shoal:
     def _finish(
         self, run_id: str, status: str, started: float, *, error: str | None = None, answer: Any = None
     ) -> None:
-        run = self.store.get_run(run_id)
-        seconds = (run.seconds if run else 0.0) + time.perf_counter() - started
-        fields: dict[str, Any] = {"status": status, "seconds": seconds, "owner_pid": None, "error": error}
-        if answer is not None:
-            fields["result_json"] = json.dumps(answer, ensure_ascii=False)
-        fields.update(self.store.totals(run_id))
-        self.store.update_run(run_id, **fields)
+        workflow = self.store.finish_run(
+            run_id,
+            status,
+            time.perf_counter() - started,
+            error=error,
+            result_json=None if answer is None else json.dumps(answer, ensure_ascii=False),
+        )
         if status in ("done", "failed"):
             self._budgets.pop(run_id, None)  # a waiting run keeps its budget for after the review
-        if run is not None and run.workflow == "tickets":
+        if workflow == "tickets":
             self._finish_ticket(run_id, status)
 
     def _finish_ticket(self, run_id: str, status: str) -> None:

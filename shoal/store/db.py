@@ -167,6 +167,30 @@ class Store:
             session.add(row)
             session.commit()
 
+    def finish_run(
+        self, run_id: str, status: str, elapsed_s: float, *, error: str | None = None, result_json: str | None = None
+    ) -> str:
+        """Close a run's row: status, time, and totals summed from its calls and escalations, in
+        one statement (every run pays this once). Returns the run's workflow."""
+        with self._fast_lock:
+            raw = self._fast_connection()
+            with raw:
+                updated = raw.execute(
+                    "UPDATE run SET status = ?, seconds = seconds + ?, owner_pid = NULL, error = ?, "
+                    "result_json = COALESCE(?, result_json), updated_at = ?, "
+                    "model_calls = (SELECT COUNT(*) FROM modelcall WHERE run_id = run.id), "
+                    "tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM modelcall WHERE run_id = run.id), "
+                    "tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM modelcall WHERE run_id = run.id), "
+                    "cost_usd = (SELECT COALESCE(SUM(cost_usd), 0.0) FROM modelcall WHERE run_id = run.id), "
+                    "escalations = (SELECT COUNT(*) FROM escalation WHERE run_id = run.id) "
+                    "WHERE id = ?",
+                    (status, elapsed_s, error, result_json, _sqlite_value(now()), run_id),
+                ).rowcount
+                found = raw.execute("SELECT workflow FROM run WHERE id = ?", (run_id,)).fetchone()
+        if not updated or found is None:
+            raise StoreError(f"no run {run_id}")
+        return str(found[0])
+
     def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[Run]:
         with self.session() as session:
             query = select(Run).order_by(col(Run.created_at).desc()).limit(limit)
