@@ -18,7 +18,7 @@ from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
 from shoal.evaluation import OUT_OF_SCOPE, Labelled, Prediction, load_labelled, report, stratified
 from shoal.models.base import ChatRequest
-from shoal.models.embeddings import Embedder
+from shoal.models.embeddings import Embedder, text_key
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists.classifier import Classifier, TextInput
@@ -135,6 +135,10 @@ async def test_the_cache_embeds_each_text_once(tmp_path: Path) -> None:
     other = Embedder(router, "scripted:emb2", cache=store)
     await other.embed(texts[:2])
     assert other.sent == 2  # keyed by model too
+    passing = Embedder(router, "scripted:emb", cache=store)
+    await passing.embed(["a ticket seen once", texts[0]], remember=False)  # what a classifier answering does
+    assert passing.sent == 1 and passing.reused == 1
+    assert store.cached_vectors("scripted:emb", [text_key("a ticket seen once")]) == {}
 
 
 def test_the_held_out_slice_is_stable_and_keeps_small_labels_whole(tmp_path: Path) -> None:

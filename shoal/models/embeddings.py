@@ -58,8 +58,12 @@ class Embedder:
         self.reused = 0
         self.seconds = 0.0  # time the backend spent embedding (for throughput)
 
-    async def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> Matrix:
-        """One row per text, in order; each distinct text is embedded at most once."""
+    async def embed(self, texts: Sequence[str], *, progress: Progress | None = None, remember: bool = True) -> Matrix:
+        """One row per text, in order; each distinct text is embedded at most once.
+
+        `remember=False` reads the cache but does not add to it: a classifier answering a
+        stream of tickets would otherwise store a vector per ticket, most never trained on.
+        """
         import numpy as np
 
         keys = [text_key(t) for t in texts]
@@ -80,7 +84,7 @@ class Embedder:
             self.seconds += result.latency_s
             fresh = {k: np.asarray(v, dtype="<f4") for (k, _), v in zip(batch, result.vectors, strict=True)}
             known.update(fresh)
-            if self.cache is not None:
+            if self.cache is not None and remember:
                 await asyncio.to_thread(
                     self.cache.cache_vectors, model, {k: v.tobytes() for k, v in fresh.items()}, result.dim
                 )

@@ -142,7 +142,7 @@ class Classifier(Specialist[TextInput, Classification]):
         assert self.head is not None and self.embedder is not None
         head, embedder = self.head, self.embedder
         started = time.perf_counter()
-        vectors = await embedder.embed([data.text])
+        vectors = await embedder.embed([data.text], remember=False)
         head.check_vectors(vectors, str(embedder.model))
         prediction = head.predict(vectors)[0]
         nearest = head.nearest(vectors[0])
