@@ -188,10 +188,26 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
     store = runtime.store
     plans: dict[str, Plan] = {}  # validated once per run, not once per step
 
+    # per run: step id -> (successors that read only that step, whether another step joins on it)
+    links: dict[str, dict[str, tuple[list[PlanStep], bool]]] = {}
+
     def plan_of(run_id: str, data: dict[str, Any]) -> Plan:
         known = plans.get(run_id)
         if known is None:
             known = plans[run_id] = Plan.model_validate(data)
+        return known
+
+    def links_of(run_id: str, data: dict[str, Any]) -> dict[str, tuple[list[PlanStep], bool]]:
+        known = links.get(run_id)
+        if known is None:
+            chosen = plan_of(run_id, data)
+            readers = {s.id: {i for i in s.inputs if i != TASK} for s in chosen.steps}
+            known = links[run_id] = {}
+            for step in chosen.steps:
+                exclusive = [s for s in chosen.steps if readers[s.id] == {step.id}]
+                mine = {s.id for s in exclusive}
+                joins = any(step.id in readers[s.id] for s in chosen.steps if s.id not in mine)
+                known[step.id] = (exclusive, joins)
         return known
 
     async def run_ladder(
@@ -329,15 +345,13 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         """Where a step goes next. A successor that reads no other step is launched at once
         (one superstep per step along a chain); joins and the end go through dispatch."""
         spec_id = payload["step"]["id"]
-        chosen = plan_of(payload["run_id"], payload["plan"])
+        exclusive, joins = links_of(payload["run_id"], payload["plan"])[spec_id]
         running: dict[str, Any] = {spec_id: None}
         goto: list[Send | str] = []
         outcome = (update.get("results") or {}).get(spec_id)
-        exclusive = [s for s in chosen.steps if {i for i in s.inputs if i != TASK} == {spec_id}]
         if outcome is not None and exclusive:
             goto += launch(payload["run_id"], payload["task"], payload["plan"], exclusive, {spec_id: outcome})
             running.update({s.id: True for s in exclusive})
-        joins = any(spec_id in s.inputs for s in chosen.steps if s not in exclusive)
         if outcome is None or joins or not exclusive:
             goto.append("dispatch")
         return Command(update={**update, "running": running}, goto=goto)
@@ -425,6 +439,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         return {"results": {step_id: outcome_of(saved)}, "waiting": {step_id: None}}
 
     async def compose(state: RunState) -> dict[str, Any]:
+        links.pop(state["run_id"], None)
         chosen = plans.pop(state["run_id"], None) or Plan.model_validate(state["plan"])
         results = state.get("results") or {}
         return {
