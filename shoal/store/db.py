@@ -488,7 +488,7 @@ class Store:
             return session.exec(select(Head).where(Head.specialist == specialist, col(Head.active))).first()
 
     def heads(self, specialist: str | None = None) -> list[Head]:
-        """Every stored head (without reading the blobs twice: callers need the metadata)."""
+        """Every stored head, oldest version first."""
         with self.session() as session:
             query = select(Head).order_by(col(Head.specialist), col(Head.version))
             if specialist is not None:
