@@ -718,7 +718,7 @@ def _print_training(result: Any) -> None:
         )
         console.print(f"[yellow]labels with no examples (the head never answers them):[/yellow] {missing}{more}")
     table = Table(title=f"held-out comparison (threshold {result.after.threshold:.2f})")
-    for column in ("", "n", "accuracy", "macro-F1", "ECE", "AUROC", "escalated"):
+    for column in ("", "n", "accuracy", "macro-F1", "ECE", "AUROC", "escalated", "accepted right"):
         table.add_column(column, justify="right" if column else "left")
     for metrics in (result.before, result.after):
         if metrics is None:
@@ -731,6 +731,7 @@ def _print_training(result: Any) -> None:
             f"{metrics.ece:.3f}",
             "-" if metrics.auroc is None else f"{metrics.auroc:.3f}",
             f"{metrics.escalated:.1%}",
+            "-" if metrics.accepted_accuracy is None else f"{metrics.accepted_accuracy:.1%}",
         )
     console.print(table)
     state = "[green]activated[/green]" if result.activated else "[yellow]kept inactive[/yellow]"

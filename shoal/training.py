@@ -42,6 +42,7 @@ class Metrics(BaseModel):
     ece: float
     auroc: float | None
     escalated: float = Field(description="share below the specialist's threshold")
+    accepted_accuracy: float | None = Field(default=None, description="accuracy of the answers at or above it")
     threshold: float
     seconds_per_item: float = 0.0
 
@@ -120,9 +121,11 @@ def measure(
         for row, (label, p) in zip(gold, predicted, strict=True)
     ]
     n = len(predictions)
+    accepted = [p for p in predictions if p.confidence >= classifier.threshold]
     return Metrics(
         what=what,
         n=n,
+        accepted_accuracy=sum(p.correct for p in accepted) / len(accepted) if accepted else None,
         accuracy=sum(p.correct for p in predictions) / n if n else 0.0,
         macro_f1=macro_f1(predictions, sorted({r.label for r in gold})),
         ece=expected_calibration_error(predictions),
@@ -133,14 +136,20 @@ def measure(
 
 
 def not_worse(after: Metrics, before: Metrics | None) -> tuple[bool, str]:
-    """The rule for activating a new head: at least as accurate on the same held-out slice,
-    and not markedly worse calibrated (its confidences drive escalation)."""
+    """The rule for activating a new head: at least as accurate on the same held-out slice, and
+    the answers it would accept at the threshold (its confidence decides what is escalated) are
+    not less often right. Calibration error alone does not gate: a classifier that is almost
+    never right and says so has a small ECE and is still useless."""
     if before is None:
         return True, "no current classifier to compare with"
     if after.accuracy + 1e-9 < before.accuracy:
         return False, f"accuracy {after.accuracy:.3f} is below the current {before.accuracy:.3f}"
-    if after.ece > before.ece + 0.05:
-        return False, f"calibration error {after.ece:.3f} is worse than the current {before.ece:.3f} by more than 0.05"
+    new, old = after.accepted_accuracy, before.accepted_accuracy
+    if new is not None and old is not None and new + 0.02 < old:
+        return False, (
+            f"the answers it would accept at {after.threshold:.2f} are right {new:.1%} of the time, "
+            f"against {old:.1%} for the current one"
+        )
     return True, f"accuracy {after.accuracy:.3f} >= {before.accuracy:.3f}, ECE {after.ece:.3f} vs {before.ece:.3f}"
 
 

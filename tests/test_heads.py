@@ -404,3 +404,21 @@ async def test_a_persons_answer_becomes_a_labelled_example(tmp_path: Path) -> No
             "human",
         )
         assert example.run_id == waiting.run_id and example.step_id == "kind"
+
+
+def test_the_activation_rule() -> None:
+    from shoal.training import Metrics, not_worse
+
+    def m(accuracy: float, ece: float, accepted: float | None) -> Metrics:
+        return Metrics(
+            what="x", n=100, accuracy=accuracy, macro_f1=accuracy, ece=ece, auroc=None, escalated=0.3,
+            accepted_accuracy=accepted, threshold=0.7,
+        )  # fmt: skip
+
+    assert not_worse(m(0.6, 0.2, 0.9), None)[0]
+    # far more accurate than a prompt that is never right and says so (small ECE): activated
+    assert not_worse(m(0.6, 0.17, 0.9), m(0.1, 0.12, None))[0]
+    ok, why = not_worse(m(0.5, 0.05, 0.9), m(0.6, 0.05, 0.9))
+    assert not ok and "below the current 0.600" in why
+    ok, why = not_worse(m(0.8, 0.05, 0.80), m(0.8, 0.05, 0.95))
+    assert not ok and "right 80.0% of the time, against 95.0%" in why
