@@ -754,21 +754,20 @@ def heads(
     if not found:
         console.print("no trained heads yet: `shoal train SPECIALIST --data FILE`")
         return
-    table = Table(title="trained heads")
-    for column in ("specialist", "version", "active", "labels", "examples", "accuracy", "ECE", "escalated", "embeds"):
-        table.add_column(column)
+    models = sorted({h.embed_model for h in found})
+    table = Table(title="trained heads", caption=f"held-out metrics; embeddings of {', '.join(models)}")
+    for column in ("head", "active", "labels", "examples", "accuracy", "ECE", "escalated"):
+        table.add_column(column, justify="left" if column in ("head", "active") else "right")
     for h in found:
         after = h.after or {}
         table.add_row(
-            h.specialist,
-            f"v{h.version}",
+            f"{h.specialist} v{h.version}" + (f" ({h.embed_model})" if len(models) > 1 else ""),
             "yes" if h.active else "",
             str(h.labels),
             str(h.examples),
             f"{after.get('accuracy', 0):.3f}",
             f"{after.get('ece', 0):.3f}",
             f"{after.get('escalated', 0):.1%}",
-            h.embed_model,
         )
     console.print(table)
 
