@@ -359,8 +359,7 @@ class Shoal:
     ) -> TrainReport:
         """(Re)train `key`'s head from `files` and stored examples; see `shoal.training`."""
         classifier = self.trainable(key)
-        if classifier.head is None and self.settings.specialists.get(key, SpecialistSettings()).mode != "prompt":
-            self.attach_heads({key: classifier})
+        self.attach_heads({key: classifier})  # the active head, if any, is what the new one must beat
         report, head = await train_head(
             classifier,
             key,
@@ -546,8 +545,7 @@ class Shoal:
             else:
                 text = check_task(row.text, self.settings.tickets.max_chars)
                 run_id = uuid.uuid4().hex[:12]
-                self.store.create_run(run_id, text, workflow="tickets")
-                self.store.update_run(run_id, plan_json=json.dumps(TICKET_PLAN))
+                self.store.create_run(run_id, text, workflow="tickets", plan_json=json.dumps(TICKET_PLAN))
                 self.store.put_ticket(
                     row.key, source=source, line=row.line, text_hash=digest, run_id=run_id, status="running",
                     queue=None, result_json=None, error=None,

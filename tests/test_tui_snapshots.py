@@ -72,7 +72,6 @@ def app_with_rows() -> ShoalApp:
             ),
             [call(run_id, "ids", {"ids": ["70012345"]}, (180, 12))],
             [],
-            new=True,
         )
         waiting = status == "waiting"
         question = {
@@ -116,7 +115,6 @@ def app_with_rows() -> ShoalApp:
             review=Review(run_id=run_id, step_id="kind", specialist="classifier", question_json=json.dumps(question))
             if waiting
             else None,
-            new=True,
         )
         totals = store.totals(run_id)
         store.update_run(run_id, status=status, **totals)

@@ -234,17 +234,13 @@ class Store:
         escalations: Sequence[Escalation],
         review: Review | None = None,
         *,
-        new: bool = False,
         examples: Sequence[dict[str, Any]] = (),
     ) -> Step:
-        """A finished (or waiting) step with everything it cost, in one transaction.
+        """A finished (or waiting) step with everything it cost, in one transaction; an existing
+        row for the step is updated in place (`insert_step` is the path for a known-new step).
 
-        `new`: the caller knows no row exists for this step yet (a run this process started),
-        so plain inserts do; otherwise the step row is updated in place.
         `examples`: labelled texts the step's escalated answer teaches (the flywheel).
         """
-        if new:
-            return self._insert_step(step, calls, escalations, review, examples)
         with self.session() as session:
             existing = session.exec(
                 select(Step).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
@@ -277,8 +273,18 @@ class Store:
         """`record_step` for a step known to have no row yet, from plain values (no ORM object:
         on the hot path building one costs more than the write). Returns the row id."""
         if escalations or review is not None or examples:
-            step = self._insert_step(Step(**values), calls, escalations, review, examples)
-            return int(step.id or 0)
+            # rarer: Core inserts, since escalations and reviews carry more than plain columns
+            with self.engine.begin() as connection:
+                inserted = connection.execute(insert(Step), Step(**values).model_dump(exclude={"id"}))
+                if calls:
+                    connection.execute(insert(ModelCall), list(calls))
+                if escalations:
+                    connection.execute(insert(Escalation), [e.model_dump(exclude={"id"}) for e in escalations])
+                if review is not None:
+                    added = connection.execute(insert(Review), review.model_dump(exclude={"id"}))
+                    review.id = added.inserted_primary_key[0]  # type: ignore[index]
+                _upsert_examples(connection, examples)
+            return int(inserted.inserted_primary_key[0])  # type: ignore[index]
         # the common case (a step answered with nothing escalated): one short transaction on a
         # connection of its own, without SQLAlchemy's per-statement machinery
         with self._fast_lock:
@@ -301,28 +307,6 @@ class Store:
                 self._fast.close()
                 self._fast = None
         self.engine.dispose()
-
-    def _insert_step(
-        self,
-        step: Step,
-        calls: Sequence[dict[str, Any]],
-        escalations: Sequence[Escalation],
-        review: Review | None,
-        examples: Sequence[dict[str, Any]],
-    ) -> Step:
-        # Core inserts: the ORM's unit of work costs more than the write itself on this path
-        with self.engine.begin() as connection:
-            step.id = connection.execute(insert(Step), step.model_dump(exclude={"id"})).inserted_primary_key[0]  # type: ignore[index]
-            if calls:
-                connection.execute(insert(ModelCall), list(calls))
-            if escalations:
-                connection.execute(insert(Escalation), [e.model_dump(exclude={"id"}) for e in escalations])
-            if review is not None:
-                review.id = connection.execute(insert(Review), review.model_dump(exclude={"id"})).inserted_primary_key[
-                    0
-                ]  # type: ignore[index]
-            _upsert_examples(connection, examples)
-        return step
 
     def model_calls(self, run_id: str) -> list[ModelCall]:
         with self.session() as session:
