@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import accumulate
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -109,9 +110,39 @@ class ChatRequest(BaseModel):
         return self.model_dump_json(exclude={"output_schema"})[:-1] + ',"output_schema":' + schema + "}"
 
 
+# A log-probability a little above 0 is float rounding of a near-certain token, not an error.
+_LOGPROB_SLACK = 1e-3
+
+
+def probability(logprob: float) -> float | None:
+    """The probability behind a log-probability, or None when the number cannot be one.
+
+    NaN, +inf and clearly positive values (a probability above 1) come from broken or hostile
+    servers: they are missing evidence, never a number to compute a confidence with. -inf is
+    probability 0, and a value within rounding of 0 is probability 1.
+    """
+    if math.isnan(logprob) or logprob > _LOGPROB_SLACK:
+        return None
+    return math.exp(min(logprob, 0.0))
+
+
+# A lone UTF-16 surrogate (a server's JSON can carry one as a \ud800 escape) is not text: it
+# cannot be encoded, stored or serialised, so it becomes U+FFFD wherever a reply's text enters.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _without_surrogates(text: str) -> str:
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)  # isascii: O(1) in CPython
+
+
 class TopLogprob(BaseModel):
     token: str
     logprob: float
+
+    @field_validator("token")
+    @classmethod
+    def _no_lone_surrogates(cls, value: str) -> str:
+        return _without_surrogates(value)
 
 
 class TokenLogprob(BaseModel):
@@ -121,25 +152,58 @@ class TokenLogprob(BaseModel):
     logprob: float
     top: list[TopLogprob] = Field(default_factory=list)
 
+    @field_validator("token")
+    @classmethod
+    def _no_lone_surrogates(cls, value: str) -> str:
+        return _without_surrogates(value)
+
     @property
     def prob(self) -> float:
-        return math.exp(self.logprob)
+        """The token's probability; NaN when the backend's number is not a log-probability."""
+        p = probability(self.logprob)
+        return math.nan if p is None else p
 
 
 def token_logprobs(items: Any) -> list[TokenLogprob]:
-    """Token logprobs from any backend's answer: objects (ollama, openai) or dicts (llama.cpp)."""
+    """Token logprobs from any backend's answer: objects (ollama, openai) or dicts (llama.cpp).
+
+    A server's answer is not trusted to have the right shape: anything but a list reads as no
+    logprobs, a token that is not text as "", and a log-probability that is missing, not a
+    number, NaN, +inf or above 0 as NaN, which `probability` and every confidence built on it
+    treat as missing evidence. So a bad number never fails the call, nor becomes a confidence.
+    """
 
     def get(item: Any, key: str) -> Any:
         return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
 
+    def listed(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, list | tuple) else []
+
     return [
         TokenLogprob(
-            token=get(item, "token"),
-            logprob=get(item, "logprob"),
-            top=[TopLogprob(token=get(t, "token"), logprob=get(t, "logprob")) for t in get(item, "top_logprobs") or []],
+            token=_token_text(get(item, "token")),
+            logprob=_logprob_value(get(item, "logprob")),
+            top=[
+                TopLogprob(token=_token_text(get(t, "token")), logprob=_logprob_value(get(t, "logprob")))
+                for t in listed(get(item, "top_logprobs"))
+            ],
         )
-        for item in items or []
+        for item in listed(items)
     ]
+
+
+def _token_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _logprob_value(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:  # float() too, not isinstance: llama.cpp gives numpy float32s, which are not floats
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # a list, "abc", an int too large for a float
+        return math.nan
+    return number if probability(number) is not None else math.nan
 
 
 class Usage(BaseModel):
@@ -165,6 +229,11 @@ class Reply(BaseModel):
     backend: BackendName
     cost_usd: float = 0.0
     finish_reason: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _no_lone_surrogates(cls, value: str) -> str:
+        return _without_surrogates(value)
 
     @property
     def ref(self) -> str:
@@ -252,13 +321,95 @@ async def with_retries(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) ->
 
 M = TypeVar("M", bound=BaseModel)
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+# Every reply is parsed in time linear in its length and in bounded depth, however hostile:
+# fence stripping is plain string work, nesting is measured before json.loads recurses, and a
+# reply longer than any answer a specialist asks for is refused before it is read at all.
+MAX_REPLY_CHARS = 2_000_000
+MAX_JSON_DEPTH = 64
+_MAX_LISTED_PROBLEMS = 100  # pydantic builds every error when asked: a huge reply can have millions
+
+
+def unfence(text: str, languages: Sequence[str] = ("json",), *, code: bool = False) -> str | None:
+    """The inside of a Markdown code fence that wraps all of `text`, or None when none does.
+
+    Small models wrap answers in a fence even when told not to. The opening fence is ``` at the
+    start (after whitespace), optionally followed by one of `languages`; the closing fence is the
+    ``` that ends the text (before whitespace). JSON (`code=False`) comes back without surrounding
+    whitespace. Code (`code=True`) needs a line break after the opening fence and keeps the first
+    line's indentation; one line break before the closing fence is dropped.
+
+    Only linear-time string operations: the regular expression this replaces backtracked in
+    cubic time on a fence left open before a few thousand spaces.
+    """
+    start = len(text) - len(text.lstrip())
+    end = len(text.rstrip())
+    if end - start < 6 or not text.startswith("```", start) or not text.endswith("```", start, end):
+        return None
+    inner = text[start + 3 : end - 3]
+    for tag in (*languages, ""):
+        if not inner.startswith(tag):
+            continue
+        rest = inner[len(tag) :]
+        if not code:
+            return rest.strip()
+        indent = len(rest) - len(rest.lstrip())
+        newline = rest.rfind("\n", 0, indent)
+        if newline < 0:  # e.g. ```python3 or ```py x = 1: not a fence this language opens
+            continue
+        body = rest[newline + 1 :]
+        return body[:-1] if body.endswith("\n") else body
+    return None
+
+
+# A JSON string, closed or not, matched possessively (no backtracking): linear time.
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.?)*+"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """How deeply JSON text nests arrays and objects (brackets inside strings do not count).
+
+    Linear time and no recursion, so it is safe on any text; invalid JSON gets a number too
+    (json.loads rejects it afterwards).
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        shown = literal if len(literal) <= 40 else literal[:40] + "…"
+        raise ValueError(f"the number {shown} is too large for a float")
+    return value
+
+
+# a JSON \u escape of a UTF-16 surrogate: json.loads turns a lone one into a lone surrogate
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _replace_surrogates(value: Any) -> Any:
+    """`value` with lone surrogates in its strings as U+FFFD (recursion bounded by MAX_JSON_DEPTH)."""
+    if isinstance(value, str):
+        return _without_surrogates(value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(key): _replace_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def parse_structured(text: str, schema: type[M], *, model: str = "", cut_off: bool = False) -> M:
     """Validate a model's text against `schema`, keeping the raw text on failure.
 
     `cut_off`: generation stopped at max_tokens, which is then the likely cause and the fix.
+    Whatever the text, this returns a `schema` or raises SchemaValidationError, in time linear
+    in the text's length.
     """
     try:
         return _parse_structured(text, schema, model)
@@ -286,39 +437,57 @@ def parse_reply(reply: Reply, request: ChatRequest) -> Reply:
 
 
 def _parse_structured(text: str, schema: type[M], model: str) -> M:
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:  # small models wrap JSON in a fence even when told not to
-        body = fenced.group(1)
+    who = model or "the model"
+
+    def refuse(why: str, body: str) -> SchemaValidationError:
+        preview = body if len(body) <= 200 else body[:200] + "…"
+        return SchemaValidationError(f"{who} returned {why}; reply began {preview!r}", raw_text=text, model=model)
+
+    if len(text) > MAX_REPLY_CHARS:
+        raise refuse(
+            f"{len(text):,} characters where {schema.__name__} JSON was expected, more than the "
+            f"{MAX_REPLY_CHARS:,} shoal reads from a reply",
+            text,
+        )
+    body = _without_surrogates(text).strip()
+    inner = unfence(body)
+    if inner is not None:  # small models wrap JSON in a fence even when told not to
+        body = inner
     if not body:
         raise SchemaValidationError(
-            f"{model or 'the model'} returned an empty reply where {schema.__name__} JSON was expected",
+            f"{who} returned an empty reply where {schema.__name__} JSON was expected",
             raw_text=text,
             model=model,
         )
+    opened = body.count("[") + body.count("{")  # no deeper than this: most replies skip the scan
+    if opened > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH:
+        raise refuse(f"JSON nested more than {MAX_JSON_DEPTH} levels deep, which shoal does not parse", body)
     try:
-        # strict=False: llama.cpp grammars let raw newlines into strings; they are harmless here
-        data = json.loads(body, strict=False)
-    except ValueError as exc:
-        preview = body if len(body) <= 200 else body[:200] + "…"
-        raise SchemaValidationError(
-            f"{model or 'the model'} returned text that is not JSON ({exc}); reply began {preview!r}",
-            raw_text=text,
-            model=model,
-        ) from None
+        # strict=False: llama.cpp grammars let raw newlines into strings; they are harmless here.
+        # NaN, Infinity and numbers beyond a float's range are refused: no answer needs them.
+        data = json.loads(body, strict=False, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:  # json_depth stops this first; kept so no RecursionError ever escapes
+        raise refuse(f"JSON nested too deeply to parse (more than {MAX_JSON_DEPTH} levels)", body) from None
+    except ValueError as exc:  # json.JSONDecodeError, and ints of more than 4,300 digits
+        raise refuse(f"text that is not JSON ({exc})", body) from None
+    if _ESCAPED_SURROGATE.search(body):
+        data = _replace_surrogates(data)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        preview = body if len(body) <= 200 else body[:200] + "…"
-        raise SchemaValidationError(
-            f"{model or 'the model'} returned text that is not a valid {schema.__name__}: "
-            f"{problems}; reply began {preview!r}",
-            raw_text=text,
-            model=model,
-        ) from None
+        count = exc.error_count()
+        if count > _MAX_LISTED_PROBLEMS:
+            problems = f"{count:,} values do not fit it"
+        else:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                for err in exc.errors(include_url=False, include_context=False, include_input=False)[:5]
+            )
+        raise refuse(f"text that is not a valid {schema.__name__}: {problems}", body) from None
+    except RecursionError:
+        raise refuse(f"JSON nested too deeply to validate as {schema.__name__}", body) from None
+    except Exception as exc:  # a validator of the schema's own that this reply broke
+        raise refuse(f"text that {schema.__name__}'s validators failed on ({type(exc).__name__}: {exc})", body) from exc
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,15 +8,17 @@ that cannot be used into a zero-confidence result, so a bad answer is escalated,
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.errors import InvalidRequestError, ModelError, SchemaValidationError
 from shoal.models.base import ChatRequest, Message, ModelRef, Reply
 from shoal.models.router import CallRecord, ModelRouter, Recorder
+from shoal.specialists.tokens import unusable_logprobs
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -29,16 +31,52 @@ class Signal(BaseModel):
     value: float = Field(description="the signal's own score in [0, 1]")
     detail: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_value(cls, data: Any) -> Any:
+        """A NaN or infinite score is no score: 0, with what it was kept in the detail."""
+        value = data.get("value") if isinstance(data, dict) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            was = f"computed as {value!r}, not a number: scored 0"
+            detail = data.get("detail") or ""
+            data = {**data, "value": 0.0, "detail": f"{detail}; {was}" if detail else was}
+        return data
+
     def __str__(self) -> str:
         return f"{self.name}={self.value:.2f}" + (f" ({self.detail})" if self.detail else "")
 
 
 class Judgement(BaseModel, Generic[Out]):
-    """What a specialist concludes from one reply."""
+    """What a specialist concludes from one reply.
+
+    The confidence is always a finite number in [0, 1], never a reason for the judgement to
+    fail: float rounding just past 0 or 1 is clamped; a value further out is clamped, and NaN
+    or inf (a signal computed from broken inputs) becomes 0, each with a `confidence` signal
+    that says what the specialist's signals gave.
+    """
 
     output: Out | None
     confidence: float = Field(ge=0.0, le=1.0)
     evidence: list[Signal] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_confidence(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "confidence" not in data:
+            return data
+        value = data["confidence"]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return data  # not a number at all: a bug in the specialist, for validation to report
+        usable = clamp(value)
+        if abs(usable - value) <= 1e-9:  # float rounding just past 0 or 1 (or nothing to do)
+            return {**data, "confidence": usable}
+        why = Signal(
+            name="confidence",
+            value=0.0 if not math.isfinite(value) else usable,
+            detail=f"the signals gave a confidence of {value!r}, not a number in [0, 1]: "
+            + ("scored 0" if not math.isfinite(value) else f"clamped to {usable:g}"),
+        )
+        return {**data, "confidence": usable, "evidence": [*data.get("evidence", []), why]}
 
 
 class Result(BaseModel, Generic[Out]):
@@ -67,6 +105,9 @@ class Result(BaseModel, Generic[Out]):
 
 
 def clamp(value: float) -> float:
+    """`value` within [0, 1]; NaN and infinities, which are no evidence of anything, are 0."""
+    if not math.isfinite(value):
+        return 0.0
     return min(1.0, max(0.0, value))
 
 
@@ -161,12 +202,23 @@ class Specialist(ABC, Generic[In, Out]):
             judgement = await self.judge(item, reply)
         except ModelError as exc:
             return self._failed(ref, calls, "judge", str(exc))
+        evidence = list(judgement.evidence)
+        bad, total = unusable_logprobs(reply.logprobs) if self.wants_logprobs() else (0, 0)
+        if bad:  # they were left out of the confidence; say so, since it rests on less than it seems
+            evidence.append(
+                Signal(
+                    name="usable_logprobs",
+                    value=1 - bad / total,
+                    detail=f"{bad} of {total} token log-probabilities from {ref} were not usable numbers "
+                    "(NaN, infinite or above 0) and were left out",
+                )
+            )
         return Result[Out](
             specialist=self.name,
             model=str(ref),
             output=judgement.output,
             confidence=clamp(judgement.confidence),
-            evidence=judgement.evidence,
+            evidence=evidence,
             calls=calls,
         )
 
