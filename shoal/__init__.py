@@ -21,6 +21,7 @@ from shoal.errors import (
     ServerError,
     ShoalError,
     TransientModelError,
+    UnsupportedCPUError,
 )
 from shoal.models import (
     CallRecord,
@@ -77,6 +78,7 @@ __all__ = [
     "ShoalError",
     "TokenLogprob",
     "TransientModelError",
+    "UnsupportedCPUError",
     "Usage",
     "__version__",
 ]

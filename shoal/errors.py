@@ -66,6 +66,11 @@ class ModelLoadError(PermanentModelError):
     """A local model file could not be loaded."""
 
 
+class UnsupportedCPUError(ModelLoadError):
+    """The installed llama.cpp dies on this machine (e.g. SIGILL from instructions the OS does not
+    enable); the message says how to rebuild it."""
+
+
 class SchemaValidationError(ModelError):
     """The model's text does not validate against the requested output schema.
 

@@ -8,7 +8,31 @@ from httpfake import FakeServer, fake_server
 
 from shoal.models.base import RetryPolicy
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Ask once, in a child process, whether the installed llama.cpp runs on this machine.
+
+    A build that dies of SIGILL (AMX in a VM that does not enable it, say) would otherwise kill
+    pytest in the middle of the first embedded test: no summary, no other results.
+    """
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return  # the embedded tests report the missing extra themselves
+    from shoal.errors import ShoalError, UnsupportedCPUError
+    from shoal.models.embedded import BUNDLED, bundled_path
+    from shoal.models.llama_probe import check_runs
+
+    try:
+        path = bundled_path(BUNDLED["smollm2-135m"])
+    except ShoalError:
+        return
+    try:
+        check_runs(path)
+    except UnsupportedCPUError as exc:
+        pytest.exit(f"the embedded model cannot run here: {exc}", returncode=3)
 
 
 @pytest.fixture

@@ -162,3 +162,18 @@ async def test_alias_from_config_points_at_any_gguf(tmp_path: Path) -> None:
     b = EmbeddedBackend(models={"my-smol": str(link)})
     reply = await b.chat(ask("Cancel order 5", Order).model_copy(update={"model": "my-smol"}))
     assert isinstance(reply.parsed, Order)
+
+
+async def test_gemma_is_assembled_once_and_answers_a_schema(backend: EmbeddedBackend) -> None:
+    # its package ships the GGUF in four chunks: shoal joins them into its cache on first use
+    path = bundled_path(BUNDLED["gemma3-270m"])
+    assert path.suffix == ".gguf" and path.stat().st_size > 200_000_000
+    assert bundled_path(BUNDLED["gemma3-270m"]) == path  # found again, not joined again
+    reply = await backend.chat(
+        ask("I need to cancel order ORD-12345 right now!", Order).model_copy(
+            update={"model": "gemma3-270m", "max_tokens": 64}
+        )
+    )
+    assert isinstance(reply.parsed, Order) and reply.model == "gemma3-270m"
+    health = await backend.health()
+    assert "gemma3-270m" in {m.name for m in health.models}

