@@ -152,6 +152,11 @@ class TicketSettings(_Section):
     review_queue: str = "needs-review"
     max_chars: int = Field(default=20_000, ge=1, description="longer ticket bodies are rejected, not cut")
     company: str = Field(default="our company", description="who the drafted replies speak for")
+    outage_wait_s: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="when the model server is unreachable, a batch pauses and retries this long before a ticket fails",
+    )
 
 
 class SpecialistSettings(_Section):

@@ -30,8 +30,9 @@ from pydantic import BaseModel, Field
 from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.planner import DESCRIPTIONS, Plan, PlanError, Planner
 from shoal.backends import build_backend, build_router
+from shoal.batch import Outage
 from shoal.config import Settings, SpecialistSettings
-from shoal.errors import ConfigError, ShoalError
+from shoal.errors import ConfigError, ShoalError, TransientModelError
 from shoal.evaluation import Labelled
 from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
 from shoal.graphs.tickets import TICKET_PLAN, BadRow, TicketRow, route, text_hash, ticket_specialists
@@ -102,6 +103,8 @@ class TicketOutcome(BaseModel):
     reviews: list[int] = Field(default_factory=list)
     tokens: int = 0
     cost_usd: float = 0.0
+    # failed for want of a model server (worth retrying once it is back), not for the ticket itself
+    transient: bool = Field(default=False, exclude=True)
 
 
 class ReviewItem(BaseModel):
@@ -428,7 +431,8 @@ class Shoal:
         if plan is not None:
             chosen = Plan.model_validate(plan).check(list(self.specialists), self.settings.max_plan_steps)
         run_id = uuid.uuid4().hex[:12]
-        self.store.create_run(run_id, text, plan_json=None if chosen is None else chosen.model_dump_json())
+        plan_json = None if chosen is None else chosen.model_dump_json()
+        await self.store.offload(self.store.create_run, run_id, text, plan_json=plan_json)
         self._fresh.add(run_id)
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
         if on_start is not None:
@@ -441,9 +445,9 @@ class Shoal:
 
     async def resume(self, run_id: str) -> RunReport:
         """Continue a run that crashed, was stopped, or waits on reviews answered meanwhile."""
-        run = self.store.find_run(run_id)
+        run = await self.store.offload(self.store.find_run, run_id)
         if run.status == "done":
-            return self.report(run.id)
+            return await self.store.offload(self.report, run.id)
         graph = await self.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
         if snapshot.next:
@@ -457,12 +461,12 @@ class Shoal:
 
     async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
         """Answer a pending human decision and let its run go on at once."""
-        row = self.store.get_review(review_id)
+        row = await self.store.offload(self.store.get_review, review_id)
         if row.status != "pending":
             raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
         validated = self._validate_answer(row.specialist, answer)
-        self.store.answer_review(review_id, validated, who)
-        run = self.store.find_run(row.run_id)
+        await self.store.offload(self.store.answer_review, review_id, validated, who)
+        run = await self.store.offload(self.store.find_run, row.run_id)
         graph = await self.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
         resume: dict[str, Any] = {}
@@ -527,38 +531,59 @@ class Shoal:
     # --- tickets --------------------------------------------------------------------------
 
     async def triage_ticket(self, row: TicketRow | BadRow, *, source: str = "", force: bool = False) -> TicketOutcome:
-        """Triage one ticket, or report why it cannot be; safe to call again for the same key."""
+        """Triage one ticket, or report why it cannot be; safe to call again for the same key.
+
+        Never raises for a problem of this ticket: whatever goes wrong fails the ticket with its
+        reason, so a batch goes on (KeyboardInterrupt and cancellation still stop it)."""
+        store = self.store
         if isinstance(row, BadRow):
-            self.store.put_ticket(
-                row.key, source=source, line=row.line, status="rejected", error=row.reason, run_id=None
+            await store.offload(
+                store.put_ticket, source, row.key, line=row.line, status="rejected", error=row.reason, run_id=None
             )
             return TicketOutcome(key=row.key, line=row.line, status="rejected", error=row.reason)
-        digest = text_hash(row.text)
-        existing = self.store.get_ticket(row.key)
-        same = existing is not None and existing.text_hash == digest and existing.run_id is not None
-        if existing is not None and same and not force and existing.status in ("done", "waiting"):
-            return self._ticket_outcome(row.key, skipped=True)
         try:
-            if existing is not None and same and not force and existing.status in ("running", "failed"):
-                assert existing.run_id is not None
-                await self.resume(existing.run_id)  # finished steps are reused, not re-run
-            else:
-                text = check_task(row.text, self.settings.tickets.max_chars)
-                run_id = uuid.uuid4().hex[:12]
-                self.store.create_run(run_id, text, workflow="tickets", plan_json=json.dumps(TICKET_PLAN))
-                self.store.put_ticket(
-                    row.key, source=source, line=row.line, text_hash=digest, run_id=run_id, status="running",
-                    queue=None, result_json=None, error=None,
-                )  # fmt: skip
-                self._fresh.add(run_id)
-                await self._drive(run_id, {"run_id": run_id, "task": text, "plan": TICKET_PLAN}, "tickets")
-        except (ShoalError, PlanError) as exc:
-            self.store.put_ticket(row.key, status="failed", error=str(exc))
-        return self._ticket_outcome(row.key)
+            skipped = await self._triage_row(row, source, force)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ShoalError | PlanError) else f"{type(exc).__name__}: {exc}"
+            await store.offload(store.put_ticket, source, row.key, status="failed", error=reason)
+            outcome = await store.offload(self._ticket_outcome, source, row.key)
+            outcome.transient = isinstance(exc, TransientModelError)
+            return outcome
+        return await store.offload(self._ticket_outcome, source, row.key, skipped=skipped)
 
-    def _ticket_outcome(self, key: str, *, skipped: bool = False) -> TicketOutcome:
-        ticket = self.store.get_ticket(key)
-        assert ticket is not None
+    async def _triage_row(self, row: TicketRow, source: str, force: bool) -> bool:
+        """Run (or resume, or repair) one ticket; True when it was already finished."""
+        store = self.store
+        digest = text_hash(row.text)
+        existing = await store.offload(store.get_ticket, source, row.key)
+        same = existing is not None and existing.text_hash == digest and existing.run_id is not None
+        if existing is not None and same and not force:
+            assert existing.run_id is not None
+            if existing.status in ("done", "waiting"):
+                return True
+            run = await store.offload(store.get_run, existing.run_id)
+            if run is not None and run.status in ("done", "waiting"):
+                # killed after its run finished but before the ticket was written: repair, no calls
+                await store.offload(self._finish_ticket, run.id, run.status)
+                return False
+            if run is not None:
+                await self.resume(existing.run_id)  # finished steps are reused, not re-run
+                return False
+        text = check_task(row.text, self.settings.tickets.max_chars)
+        run_id = uuid.uuid4().hex[:12]
+        await store.offload(store.create_run, run_id, text, workflow="tickets", plan_json=json.dumps(TICKET_PLAN))
+        await store.offload(
+            store.put_ticket, source, row.key, line=row.line, text_hash=digest, run_id=run_id, status="running",
+            queue=None, result_json=None, error=None,
+        )  # fmt: skip
+        self._fresh.add(run_id)
+        await self._drive(run_id, {"run_id": run_id, "task": text, "plan": TICKET_PLAN}, "tickets")
+        return False
+
+    def _ticket_outcome(self, source: str, key: str, *, skipped: bool = False) -> TicketOutcome:
+        ticket = self.store.get_ticket(source, key)
+        if ticket is None:
+            raise StoreError(f"ticket {key} of {source} has no row")
         fields = json.loads(ticket.result_json) if ticket.result_json else {}
         run = self.store.get_run(ticket.run_id) if ticket.run_id else None
         reviews = [r.id or 0 for r in self.store.reviews(run_id=ticket.run_id)] if ticket.run_id else []
@@ -589,30 +614,49 @@ class Shoal:
         concurrency: int = 1,
         force: bool = False,
         on_ticket: Callable[[TicketOutcome], None] | None = None,
+        on_pause: Callable[[str, float], None] | None = None,
     ) -> list[TicketOutcome]:
-        """Triage a batch: `concurrency` tickets at a time, each saved as it finishes."""
+        """Triage a batch: `concurrency` tickets at a time, each saved as it finishes.
+
+        `source` names the export the rows come from (its absolute path, say): ticket ids are
+        unique within it. While the model server is unreachable the batch pauses and retries
+        for `[tickets] outage_wait_s` before failing a ticket."""
         if concurrency < 1:
             raise TaskError("concurrency must be at least 1")
         queue: asyncio.Queue[TicketRow | BadRow | None] = asyncio.Queue(maxsize=concurrency * 2)
         outcomes: list[TicketOutcome] = []
+        outage = Outage(self.settings.tickets.outage_wait_s, on_pause=on_pause)
 
         async def worker() -> None:
             while (row := await queue.get()) is not None:
-                outcome = await self.triage_ticket(row, source=source, force=force)
+                await outage.ready()  # not before a retry: the worker waiting out an outage retries
+                while True:
+                    outcome = await self.triage_ticket(row, source=source, force=force)
+                    if not outcome.transient:
+                        outage.recovered()
+                        break
+                    if not await outage.wait(outcome.error or "the model server is unreachable"):
+                        outcome.error = f"{outcome.error} (still failing after {outage.wait_s:g}s of retries)"
+                        break
                 outcomes.append(outcome)
                 if on_ticket is not None:
                     on_ticket(outcome)
 
-        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        try:
+        async def produce() -> None:
             for row in rows:
                 await queue.put(row)
-            for _ in workers:
+            for _ in range(concurrency):
                 await queue.put(None)
-            await asyncio.gather(*workers)
+
+        # one task group: if a worker dies of something triage_ticket could not catch, the
+        # producer is cancelled with it instead of waiting forever on a full queue
+        tasks = [asyncio.create_task(produce()), *(asyncio.create_task(worker()) for _ in range(concurrency))]
+        try:
+            await asyncio.gather(*tasks)
         finally:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return sorted(outcomes, key=lambda o: (o.line or 0, o.key))
 
     def _validate_answer(self, specialist: str, answer: Any) -> Any:
@@ -633,7 +677,7 @@ class Shoal:
 
     async def _drive(self, run_id: str, state: Any, workflow: str | None = None) -> RunReport:
         if workflow is None:
-            run = self.store.get_run(run_id)
+            run = await self.store.offload(self.store.get_run, run_id)
             workflow = run.workflow if run is not None else "task"
         return await self._invoke(await self.graph(workflow), run_id, state)
 
@@ -641,25 +685,36 @@ class Shoal:
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
         started = time.perf_counter()
         if run_id not in self._fresh:  # a new run's row already says so
-            self.store.update_run(run_id, status="running", owner_pid=os.getpid(), error=None)
+            await self.store.offload(self.store.update_run, run_id, status="running", owner_pid=os.getpid(), error=None)
         try:
             result = await graph.ainvoke(state, config, durability=self.settings.durability)
         except (ShoalError, PlanError) as exc:
             self._fresh.discard(run_id)
-            self._finish(run_id, "failed", started, error=str(exc))
+            await self.store.offload(self._finish, run_id, "failed", started, error=str(exc))
             raise
         except BaseException as exc:
             self._fresh.discard(run_id)
             # KeyboardInterrupt, cancellation: finished steps are saved; `shoal resume` goes on
-            self._finish(run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
+            await self._finish_stopped(run_id, started, exc)
             raise
         self._fresh.discard(run_id)  # from here on its rows exist and must be looked up
         if result.get("__interrupt__"):
-            self._finish(run_id, "waiting", started)
+            await self.store.offload(self._finish, run_id, "waiting", started)
         else:
-            self._finish(run_id, "done", started, answer=result.get("answer"))
-            self.store.prune_checkpoints(run_id)
-        return self.report(run_id)
+            await self.store.offload(self._finish, run_id, "done", started, answer=result.get("answer"))
+            await self.store.offload(self.store.prune_checkpoints, run_id)
+        return await self.store.offload(self.report, run_id)
+
+    async def _finish_stopped(self, run_id: str, started: float, exc: BaseException) -> None:
+        """Record a run stopped by Ctrl-C, cancellation or an unexpected error, even while this
+        task is being cancelled (the record is what lets `shoal resume` go on)."""
+        write = asyncio.ensure_future(
+            self.store.offload(self._finish, run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
+        )
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait({write})
 
     def _finish(
         self, run_id: str, status: str, started: float, *, error: str | None = None, answer: Any = None
@@ -688,7 +743,8 @@ class Shoal:
         elif status == "waiting":
             queue = self.settings.tickets.review_queue
         self.store.put_ticket(
-            ticket.id,
+            ticket.source,
+            ticket.key,
             status={"done": "done", "waiting": "waiting"}.get(status, "failed"),
             queue=queue,
             result_json=json.dumps(fields, ensure_ascii=False),

@@ -51,7 +51,7 @@ def test_twenty_bitext_tickets_end_to_end(tmp_path: Path) -> None:
     assert "20 tickets:" in done.stdout
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     store = Store(tmp_path / "shoal.db")
-    tickets = {t.id: t for t in store.tickets()}
+    tickets = {t.key: t for t in store.tickets()}
     assert len(out) == len(tickets) == 20
     for record in out:
         ticket = tickets[record["id"]]
@@ -228,7 +228,7 @@ async def test_answering_a_ticket_review_finishes_the_ticket(tmp_path: Path) -> 
         (review_id,) = first.reviews
         report = await shoal.review(review_id, "INVOICE", who="agent-7")
         assert report.status == "done"
-        ticket = shoal.store.get_ticket("INV-1")
+        ticket = shoal.store.get_ticket("", "INV-1")
         assert ticket is not None and ticket.status == "done" and ticket.queue == "billing"
         fields = json.loads(ticket.result_json or "{}")
         assert fields["category"] == {

@@ -224,32 +224,34 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         finally:
             CURRENT_CALLS.reset(token)
 
-    def settle(escalations: list[Escalation]) -> None:
-        if runtime.ledger is not None:
-            runtime.ledger.recorded(sum(e.cost_usd for e in escalations if e.rung == "frontier"))
-
     async def plan(state: RunState) -> dict[str, Any]:
         run_id = state["run_id"]
-        run = store.get_run(run_id)
+        # every store call goes through offload: none may block the loop (see Store.offload)
+        run = await store.offload(store.get_run, run_id)
         if run is None:  # the graph used as a subgraph of someone else's: keep the records anyway
-            run = store.create_run(run_id, state["task"])
+            run = await store.offload(store.create_run, run_id, state["task"])
         if state.get("plan"):
             if not run.plan_json:
-                store.update_run(run_id, plan_json=Plan.model_validate(state["plan"]).model_dump_json())
+                chosen_json = Plan.model_validate(state["plan"]).model_dump_json()
+                await store.offload(store.update_run, run_id, plan_json=chosen_json)
             return {}
         if run.plan_json:
             return {"plan": json.loads(run.plan_json)}
-        existing = store.finished_step(run_id, "plan")
+        existing = await store.offload(store.finished_step, run_id, "plan")
         if existing is not None and existing.status == "waiting":
-            waiting = [r for r in store.reviews(status=None, run_id=run_id) if r.step_id == "plan"]
+            reviews = await store.offload(store.reviews, status=None, run_id=run_id)
+            waiting = [r for r in reviews if r.step_id == "plan"]
             return {"plan_review": {"review_id": waiting[-1].id}} if waiting else {}
         data = TaskInput(task=state["task"])
         outcome, calls, escalations, error = await run_ladder(run_id, "plan", runtime.planner, data)
         step = Step(run_id=run_id, step_id="plan", specialist="planner", input_json=data.model_dump_json())
         if error is not None or outcome is None:
             step.status, step.error = "failed", str(error)
-            store.record_step(
-                step, call_rows(run_id, "plan", calls, None), escalation_rows(run_id, "plan", escalations)
+            await store.offload(
+                store.record_step,
+                step,
+                call_rows(run_id, "plan", calls, None),
+                escalation_rows(run_id, "plan", escalations),
             )
             raise error or PlanError("planning failed")
         result: Result[Any] = outcome.result
@@ -262,14 +264,13 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             call_rows(run_id, "plan", calls, result.confidence),
             escalation_rows(run_id, "plan", escalations),
         )
-        settle(escalations)
         if outcome.status in ("accepted", "escalated") and result.output is not None:
             chosen: Plan = result.output
             problems = chosen.problems(list(runtime.specialists), runtime.max_steps)
             if not problems:
                 step.status, step.answered_by = "done", outcome.answered_by
-                store.record_step(step, *rows)
-                store.update_run(run_id, plan_json=chosen.model_dump_json())
+                await store.offload(store.record_step, step, *rows)
+                await store.offload(store.update_run, run_id, plan_json=chosen.model_dump_json())
                 return {"plan": chosen.model_dump()}
             outcome = outcome.model_copy(update={"status": "needs_human"})
         if outcome.status == "needs_human":
@@ -280,19 +281,19 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
                 specialist="planner",
                 question_json=json.dumps(question(data, outcome)),
             )
-            store.record_step(step, *rows, review=review)
+            await store.offload(store.record_step, step, *rows, review=review)
             return {"plan_review": {"review_id": review.id}}
         step.status, step.error = "failed", result.error or "no usable plan"
-        store.record_step(step, *rows)
+        await store.offload(store.record_step, step, *rows)
         raise PlanError(f"no usable plan for the task: {result.explain()}")
 
     async def plan_review(state: RunState) -> dict[str, Any]:
         pending = state.get("plan_review") or {}
-        review = store.get_review(int(pending["review_id"]))
+        review = await store.offload(store.get_review, int(pending["review_id"]))
         answer = _answer(review, state["run_id"], "plan")
         chosen = Plan.model_validate(answer).check(list(runtime.specialists), runtime.max_steps)
-        store.update_run(state["run_id"], plan_json=chosen.model_dump_json())
-        _finish_human_step(store, state["run_id"], "plan", chosen, review)
+        await store.offload(store.update_run, state["run_id"], plan_json=chosen.model_dump_json())
+        await store.offload(_finish_human_step, store, state["run_id"], "plan", chosen, review)
         return {"plan": chosen.model_dump(), "plan_review": None}
 
     def launch(
@@ -363,11 +364,12 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         run_id = payload["run_id"]
         spec = PlanStep.model_validate(payload["step"])
         fresh = run_id in runtime.fresh
-        existing = None if fresh else store.finished_step(run_id, spec.id)
+        existing = None if fresh else await store.offload(store.finished_step, run_id, spec.id)
         if existing is not None and existing.status == "done":
             return {"results": {spec.id: outcome_of(existing)}}
         if existing is not None and existing.status == "waiting":
-            pending = [r for r in store.reviews(status=None, run_id=run_id) if r.step_id == spec.id]
+            reviews = await store.offload(store.reviews, status=None, run_id=run_id)
+            pending = [r for r in reviews if r.step_id == spec.id]
             if pending:
                 return {"waiting": {spec.id: {"review_id": pending[-1].id}}}
         specialist = runtime.specialists[spec.specialist]
@@ -382,20 +384,20 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             "input_json": data.model_dump_json(),
         }
 
-        def save(
+        async def save(
             calls: list[dict[str, Any]],
             escalated: list[EscalationRow],
             review: Review | None = None,
             examples: list[dict[str, Any]] | None = None,
         ) -> None:
             if fresh:
-                store.insert_step(row, calls, escalated, review, examples or ())
+                await store.offload(store.insert_step, row, calls, escalated, review, examples or ())
             else:
-                store.record_step(Step(**row), calls, escalated, review, examples=examples or ())
+                await store.offload(store.record_step, Step(**row), calls, escalated, review, examples=examples or ())
 
         if error is not None or outcome is None:
             row["status"], row["error"] = "failed", str(error)
-            save(call_rows(run_id, spec.id, calls, None), escalation_rows(run_id, spec.id, escalations))
+            await save(call_rows(run_id, spec.id, calls, None), escalation_rows(run_id, spec.id, escalations))
             raise error or ModelError(f"step {spec.id} failed")
         result: Result[Any] = outcome.result
         output = None if result.output is None else result.output.model_dump(mode="json")
@@ -409,7 +411,6 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
         )
         calls_rows = call_rows(run_id, spec.id, calls, result.confidence)
         escalated = escalation_rows(run_id, spec.id, escalations)
-        settle(escalations)
         if outcome.status == "needs_human":
             row["status"] = "waiting"
             review = Review(
@@ -418,7 +419,7 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
                 specialist=spec.specialist,
                 question_json=json.dumps(question(data, outcome)),
             )
-            save(calls_rows, escalated, review)
+            await save(calls_rows, escalated, review)
             return {"waiting": {spec.id: {"review_id": review.id}}}
         row["status"] = "done"
         taught = (
@@ -426,16 +427,17 @@ def build_task_graph(runtime: TaskRuntime) -> StateGraph[RunState]:
             if outcome.answered_by == "frontier"
             else []
         )
-        save(calls_rows, escalated, examples=taught)
+        await save(calls_rows, escalated, examples=taught)
         return {"results": {spec.id: outcome_of_values(row, output)}}
 
     async def review(payload: ReviewPayload) -> dict[str, Any]:
         run_id, step_id = payload["run_id"], payload["step_id"]
-        row = store.get_review(payload["review_id"])
+        row = await store.offload(store.get_review, payload["review_id"])
         answer = _answer(row, run_id, step_id)
         specialist = runtime.specialists[row.specialist]
         output = specialist.output_type.model_validate(answer)
-        saved = _finish_human_step(store, run_id, step_id, output, row, (row.specialist, specialist))
+        learner = (row.specialist, specialist)
+        saved = await store.offload(_finish_human_step, store, run_id, step_id, output, row, learner)
         return {"results": {step_id: outcome_of(saved)}, "waiting": {step_id: None}}
 
     async def compose(state: RunState) -> dict[str, Any]:

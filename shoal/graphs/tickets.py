@@ -204,6 +204,12 @@ class BadRow(BaseModel):
 Format = Literal["csv", "jsonl"]
 
 
+def ticket_source(path: Path) -> str:
+    """What identifies an export: its absolute path, so two files named tickets.csv in two
+    folders are two sources (ids are unique within a source, not across them)."""
+    return str(path.expanduser().resolve())
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -223,8 +229,13 @@ def read_tickets(
     if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise ValueError(f"{path}: give a .csv or .jsonl file")
     stem = path.stem
+    seen: dict[str, int] = {}  # id -> line it was first seen on
 
     def check(key: str, line: int, text: Any) -> TicketRow | BadRow:
+        first = seen.setdefault(key, line)
+        if first != line:
+            # its own key, so the rejection does not overwrite the ticket that owns the id
+            return BadRow(key=f"{key}#line{line}", line=line, reason=f"duplicate id '{key}' (first on line {first})")
         if text is None:
             return BadRow(key=key, line=line, reason=f"no '{text_column}' value")
         if not isinstance(text, str):

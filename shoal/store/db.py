@@ -6,17 +6,20 @@ transaction opened and closed inside a plain function: nothing here awaits while
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import event, func, insert, text
 from sqlalchemy.engine import Engine
@@ -32,12 +35,17 @@ from shoal.store.tables import (
     ModelCall,
     Review,
     Run,
+    Spend,
     Step,
     Ticket,
     now,
+    ticket_id,
 )
 
 BUSY_TIMEOUT_MS = 30_000
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class StoreError(ShoalError):
@@ -50,7 +58,15 @@ def _v1(connection: Any) -> None:
 
 
 def _v2(connection: Any) -> None:
-    SQLModel.metadata.create_all(connection, tables=[SQLModel.metadata.tables["ticket"]])
+    # Frozen: the ticket table as version 2 made it (v4 changes it); never today's model.
+    connection.exec_driver_sql(
+        "CREATE TABLE ticket (id VARCHAR NOT NULL, source VARCHAR NOT NULL, line INTEGER, "
+        "text_hash VARCHAR NOT NULL, run_id VARCHAR, status VARCHAR NOT NULL, queue VARCHAR, "
+        "result_json VARCHAR, error VARCHAR, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, "
+        "PRIMARY KEY (id))"
+    )
+    connection.exec_driver_sql("CREATE INDEX ix_ticket_run_id ON ticket (run_id)")
+    connection.exec_driver_sql("CREATE INDEX ix_ticket_status ON ticket (status)")
 
 
 # Numbered, append-only: a database records which it has applied and gets the rest on open.
@@ -59,10 +75,29 @@ def _v3(connection: Any) -> None:
     SQLModel.metadata.create_all(connection, tables=tables)
 
 
+def _v4(connection: Any) -> None:
+    # Ticket ids were global, so two exports with the same ids (or the same file name) overwrote
+    # each other: a ticket is now its key within its source. Old rows keep their id as their key.
+    connection.exec_driver_sql("ALTER TABLE ticket ADD COLUMN key VARCHAR NOT NULL DEFAULT ''")
+    connection.exec_driver_sql("UPDATE ticket SET key = id")
+    connection.exec_driver_sql("CREATE UNIQUE INDEX ix_ticket_source_key ON ticket (source, key)")
+    # Frontier spend written when paid, not when its step is recorded (kill -9 lost it).
+    connection.exec_driver_sql(
+        "CREATE TABLE spend (id INTEGER NOT NULL, run_id VARCHAR, model VARCHAR NOT NULL, "
+        "cost_usd FLOAT NOT NULL, at DATETIME NOT NULL, PRIMARY KEY (id))"
+    )
+    connection.exec_driver_sql("CREATE INDEX ix_spend_at ON spend (at)")
+    connection.exec_driver_sql(
+        "INSERT INTO spend (run_id, model, cost_usd, at) SELECT run_id, COALESCE(model, ''), cost_usd, at "
+        "FROM escalation WHERE rung = 'frontier' AND cost_usd > 0"
+    )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "runs, steps, model calls, escalations, reviews", _v1),
     (2, "tickets of triage batches", _v2),
     (3, "embedding cache, labelled examples, trained heads", _v3),
+    (4, "tickets keyed within their source; frontier spend recorded when paid", _v4),
 ]
 
 
@@ -81,6 +116,11 @@ class Store:
         self._checkpoint_tables: set[str] = set()
         self._fast: sqlite3.Connection | None = None
         self._fast_lock = threading.Lock()
+        # One thread runs every store call made from async code. A call made on the event loop
+        # itself would block it while it waits for SQLite's lock, and the lock may be held by
+        # LangGraph's checkpointer, which needs that very loop to commit: a deadlock until the
+        # busy timeout. One thread also keeps this process's writes from contending with each other.
+        self._executor: ThreadPoolExecutor | None = None
         self.migrate()
 
     # --- schema ---------------------------------------------------------------------------
@@ -93,6 +133,8 @@ class Store:
         """
         applied: list[int] = []
         newest = max(v for v, _, _ in MIGRATIONS)
+        if self._applied() == {v for v, _, _ in MIGRATIONS}:
+            return applied  # the common open: a plain read, no write lock (readers never wait on writers)
         with self.engine.connect() as plain:
             connection = plain.execution_options(isolation_level="AUTOCOMMIT")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -121,9 +163,26 @@ class Store:
                 raise
         return applied
 
+    def _applied(self) -> set[int] | None:
+        """Versions already applied, read without a write lock; None for a new file."""
+        with self.engine.connect() as connection:
+            exists = connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shoal_migration'"
+            ).first()
+            if exists is None:
+                return None
+            return {int(row[0]) for row in connection.exec_driver_sql("SELECT version FROM shoal_migration")}
+
     def schema_version(self) -> int:
         with Session(self.engine) as session:
             return max(session.exec(select(Migration.version)).all(), default=0)
+
+    async def offload(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store method off the event loop (every async caller goes through here)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -149,7 +208,8 @@ class Store:
             exact = session.get(Run, prefix)
             if exact is not None:
                 return exact
-            matches = session.exec(select(Run).where(col(Run.id).startswith(prefix)).limit(2)).all()
+            # autoescape: `%` and `_` typed by a person are characters, not LIKE wildcards
+            matches = session.exec(select(Run).where(col(Run.id).startswith(prefix, autoescape=True)).limit(2)).all()
         if not matches:
             raise StoreError(f"no run '{prefix}' in {self.path}: `shoal runs` lists them")
         if len(matches) > 1:
@@ -306,6 +366,9 @@ class Store:
             if self._fast is not None:
                 self._fast.close()
                 self._fast = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self.engine.dispose()
 
     def model_calls(self, run_id: str) -> list[ModelCall]:
@@ -355,13 +418,13 @@ class Store:
 
     # --- tickets --------------------------------------------------------------------------
 
-    def get_ticket(self, key: str) -> Ticket | None:
+    def get_ticket(self, source: str, key: str) -> Ticket | None:
         with self.session() as session:
-            return session.get(Ticket, key)
+            return _ticket(session, source, key)
 
-    def put_ticket(self, key: str, **fields: Any) -> Ticket:
+    def put_ticket(self, source: str, key: str, **fields: Any) -> Ticket:
         with self.session() as session:
-            row = session.get(Ticket, key) or Ticket(id=key)
+            row = _ticket(session, source, key) or Ticket(id=ticket_id(source, key), source=source, key=key)
             for name, value in fields.items():
                 setattr(row, name, value)
             row.updated_at = now()
@@ -373,11 +436,19 @@ class Store:
         with self.session() as session:
             return session.exec(select(Ticket).where(Ticket.run_id == run_id)).first()
 
-    def tickets(self, keys: Sequence[str] | None = None) -> list[Ticket]:
+    def tickets(self, source: str | None = None, keys: Sequence[str] | None = None) -> list[Ticket]:
+        """Tickets in file order; of one source, and of some keys of it, when given."""
         with self.session() as session:
             query = select(Ticket).order_by(col(Ticket.source), col(Ticket.line))
+            if source is not None:
+                query = query.where(Ticket.source == source)
             if keys is not None:
-                query = query.where(col(Ticket.id).in_(list(keys)))
+                wanted = list(keys)
+                rows: list[Ticket] = []
+                for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
+                    chunk = query.where(col(Ticket.key).in_(wanted[start : start + 500]))
+                    rows.extend(session.exec(chunk).all())
+                return sorted(rows, key=lambda t: (t.source, t.line or 0))
             return list(session.exec(query).all())
 
     # --- embeddings -----------------------------------------------------------------------
@@ -481,13 +552,13 @@ class Store:
 
     # --- spend ----------------------------------------------------------------------------
 
+    def add_spend(self, cost_usd: float, *, run_id: str | None = None, model: str = "") -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(Spend), {"run_id": run_id, "model": model, "cost_usd": cost_usd, "at": now()})
+
     def frontier_spent_since(self, since: datetime) -> float:
         with self.session() as session:
-            total = session.exec(
-                select(func.coalesce(func.sum(Escalation.cost_usd), 0.0)).where(
-                    Escalation.rung == "frontier", Escalation.at >= since
-                )
-            ).one()
+            total = session.exec(select(func.coalesce(func.sum(Spend.cost_usd), 0.0)).where(Spend.at >= since)).one()
         return float(total)
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -512,21 +583,23 @@ class Store:
 
 
 class StoreLedger:
-    """Daily frontier spend, read from the escalations recorded in the store."""
+    """Daily frontier spend, kept in the store's `spend` table as each call is paid."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.unrecorded = 0.0  # spent in this process but not yet written with its step
 
     async def spent_today(self) -> float:
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return self.store.frontier_spent_since(midnight) + self.unrecorded
+        return await self.store.offload(self.store.frontier_spent_since, midnight)
 
     async def add(self, cost_usd: float) -> None:
-        self.unrecorded += cost_usd
+        if cost_usd > 0:
+            await self.store.offload(self.store.add_spend, cost_usd)
 
-    def recorded(self, cost_usd: float) -> None:
-        self.unrecorded = max(0.0, self.unrecorded - cost_usd)
+
+def _ticket(session: Session, source: str, key: str) -> Ticket | None:
+    # by (source, key), not by id: rows from before version 4 kept their old ids
+    return session.exec(select(Ticket).where(Ticket.source == source, Ticket.key == key)).first()
 
 
 def _sqlite_value(value: Any) -> Any:

@@ -6,8 +6,10 @@ JSON columns hold pydantic dumps as text, so a row can be read back without shoa
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel, UniqueConstraint
 
 
@@ -102,10 +104,14 @@ class Review(SQLModel, table=True):
 
 
 class Ticket(SQLModel, table=True):
-    """One support ticket of a triage batch, keyed by its id so a batch can be re-run safely."""
+    """One support ticket of a triage batch, keyed by its id within its source (the export file it
+    came from), so a batch can be re-run safely and two exports never overwrite each other."""
 
-    id: str = Field(primary_key=True)
+    __table_args__ = (Index("ix_ticket_source_key", "source", "key", unique=True),)
+
+    id: str = Field(primary_key=True)  # ticket_id(source, key): stable, and short enough to show
     source: str = ""
+    key: str = ""  # the caller's ticket id (or file name and line)
     line: int | None = None
     text_hash: str = ""
     run_id: str | None = Field(default=None, index=True)
@@ -115,6 +121,17 @@ class Ticket(SQLModel, table=True):
     error: str | None = None
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
+
+
+class Spend(SQLModel, table=True):
+    """Frontier money, written the moment a call returns: a process killed before it records the
+    step must not let the daily budget forget what was already paid."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str | None = None
+    model: str = ""
+    cost_usd: float = 0.0
+    at: datetime = Field(default_factory=now, index=True)
 
 
 class EmbeddingVector(SQLModel, table=True):
@@ -169,3 +186,8 @@ class Migration(SQLModel, table=True):
     version: int = Field(primary_key=True)
     name: str
     applied_at: datetime = Field(default_factory=now)
+
+
+def ticket_id(source: str, key: str) -> str:
+    """The row id of a ticket: its key within its source, made unique across sources."""
+    return hashlib.sha256(f"{source}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()[:24]

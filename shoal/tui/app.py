@@ -562,7 +562,7 @@ class ShoalApp(App[None]):
     async def start(self, text: str) -> None:
         """Run a task or a ticket batch in the background; Runs shows it as it goes."""
         if text.startswith("triage "):
-            from shoal.graphs.tickets import read_tickets
+            from shoal.graphs.tickets import read_tickets, ticket_source
 
             path = Path(text.removeprefix("triage ").strip())
             try:
@@ -573,7 +573,7 @@ class ShoalApp(App[None]):
                 self.notify(str(exc), severity="error")
                 return
             try:
-                outcomes = await self.engine.triage(rows, source=path.name)
+                outcomes = await self.engine.triage(rows, source=ticket_source(path))
             except Exception as exc:  # shown to the operator; finished tickets are saved
                 self.notify(f"triage stopped: {exc}", severity="error", timeout=10)
                 return
