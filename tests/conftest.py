@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         check_runs(path)
     except UnsupportedCPUError as exc:
         pytest.exit(f"the embedded model cannot run here: {exc}", returncode=3)
+
+
+NO_BWRAP = (
+    "SANDBOX TESTS SKIPPED: bubblewrap (bwrap) is not installed, so generated code cannot be "
+    "run here. Install it with `apt-get install bubblewrap` (Debian/Ubuntu) to run them"
+)
+
+
+def require_bwrap() -> None:
+    """Skip loudly without bubblewrap; under CI a missing sandbox is a failure, never a skip."""
+    if shutil.which("bwrap") is not None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(NO_BWRAP.replace("SKIPPED", "FAILED (CI=true)"), pytrace=False)
+    pytest.skip(NO_BWRAP)
 
 
 @pytest.fixture

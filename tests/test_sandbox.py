@@ -14,30 +14,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import require_bwrap
 
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists.coder import Coder, CodeResult, CodeTask
 from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailableError
 
-NO_BWRAP = (
-    "SANDBOX TESTS SKIPPED: bubblewrap (bwrap) is not installed, so generated code cannot be "
-    "run here. Install it with `apt-get install bubblewrap` (Debian/Ubuntu) to run them"
-)
-
-
-def _require_bwrap() -> None:
-    """Skip loudly without bubblewrap; under CI a missing sandbox is a failure, never a skip."""
-    if shutil.which("bwrap") is not None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(NO_BWRAP.replace("SKIPPED", "FAILED (CI=true)"), pytrace=False)
-    pytest.skip(NO_BWRAP)
-
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    _require_bwrap()
+    require_bwrap()
     box = Sandbox(SandboxLimits(cpu_s=2, wall_s=4, memory_mb=256, processes=8, output_bytes=200_000))
     box.check()  # bwrap is there but cannot build a sandbox: fail with the reason, never skip
     return box

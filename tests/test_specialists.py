@@ -10,6 +10,7 @@ import math
 
 import pytest
 from bitext import categories, sample
+from conftest import require_bwrap
 from pydantic import BaseModel, Field
 
 from shoal.backends import build_router
@@ -156,6 +157,7 @@ async def test_coder_on_the_embedded_model(router: ModelRouter) -> None:
 
 
 async def test_coder_confidence_follows_the_tests() -> None:
+    require_bwrap()
     good = '{"code": "def add(a, b):\\n    return a + b\\n", "explanation": "adds"}'
     half = '{"code": "def add(a, b):\\n    return abs(a) + b\\n", "explanation": "adds"}'
     broken = '{"code": "def add(a, b) return a + b", "explanation": "oops"}'
