@@ -31,7 +31,7 @@ from shoal.evaluation import Labelled
 from shoal.graphs.tickets import FIELDS, TicketRow
 from shoal.store import Store
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bitext_customer_support.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "bitext_customer_support.csv"
 
 
 def sample(n: int) -> list[dict[str, str]]:

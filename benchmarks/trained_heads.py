@@ -41,7 +41,7 @@ from shoal.specialists.classifier import Classifier, TextInput
 from shoal.specialists.heads import TrainedHead
 from shoal.store import Store
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 console = Console()
 
 

@@ -1,4 +1,4 @@
-"""Rows of the Bitext customer-support set in ../shared/data (CDLA-Sharing 1.0)."""
+"""The repository's data/ folder, and rows of the Bitext customer-support set in it (CDLA-Sharing 1.0)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 from functools import cache
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @cache

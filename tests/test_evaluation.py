@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bitext import DATA
 
 from shoal.evaluation import (
     Labelled,
@@ -19,7 +20,7 @@ from shoal.evaluation import (
     stratified,
 )
 
-CLINC = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150.json"
+CLINC = DATA / "clinc150.json"
 
 
 def p(gold: str, predicted: str, confidence: float) -> Prediction:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bitext import categories, rows
+from bitext import DATA, categories, rows
 
 from shoal.agents.escalation import Ladder, LadderConfig
 from shoal.backends import build_backend
@@ -27,7 +27,7 @@ from shoal.store import Store
 from shoal.training import split, train_head
 
 SMOL = "embedded:smollm2-135m"
-CLINC = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150.json"
+CLINC = DATA / "clinc150.json"
 
 # three labels whose texts share words within a label and not across
 TOY = {
