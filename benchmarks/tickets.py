@@ -28,8 +28,9 @@ from rich.table import Table
 from shoal.config import Settings
 from shoal.engine import Shoal
 from shoal.evaluation import Labelled
-from shoal.graphs.tickets import FIELDS, TicketRow
 from shoal.store import Store
+from shoal.tickets.files import TicketRow
+from shoal.tickets.plan import FIELDS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bitext_customer_support.csv"
 

@@ -30,12 +30,11 @@ from pydantic import BaseModel, Field
 from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.planner import DESCRIPTIONS, Plan, PlanError, Planner
 from shoal.backends import build_backend, build_router
-from shoal.batch import Outage
 from shoal.config import Settings, SpecialistSettings
-from shoal.errors import ConfigError, ShoalError, TransientModelError
+from shoal.errors import ConfigError, ShoalError, StoreError, TaskError
 from shoal.evaluation import Labelled
-from shoal.graphs.task import TaskRuntime, build_task_graph, record_call
-from shoal.graphs.tickets import TICKET_PLAN, BadRow, TicketRow, route, text_hash, ticket_specialists
+from shoal.graphs.task import TaskRuntime, build_task_graph, record_call, task_subgraph
+from shoal.inputs import check_text
 from shoal.models.base import BACKENDS, BackendHealth, RetryPolicy
 from shoal.models.embeddings import Embedder
 from shoal.models.router import ModelRouter
@@ -45,23 +44,13 @@ from shoal.specialists.coder import Coder
 from shoal.specialists.extractor import Extractor
 from shoal.specialists.heads import MIN_PER_LABEL, TrainedHead
 from shoal.specialists.summarizer import Summarizer
-from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreError, StoreLedger
+from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreLedger
+from shoal.tickets.files import BadRow, TicketRow
+from shoal.tickets.plan import ticket_specialists
+from shoal.tickets.triage import WORKFLOW as TICKETS
+from shoal.tickets.triage import TicketDesk, TicketOutcome
 from shoal.training import Progress as TrainProgress
 from shoal.training import TrainReport, load_head, train_head
-
-
-def ticket_fields(steps: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """A ticket's fields from its step rows: output, confidence, who answered, status."""
-    return {
-        step.step_id: {
-            # a waiting field keeps the models' best answer; its status says nobody vouched for it yet
-            "output": json.loads(step.output_json) if step.output_json else None,
-            "confidence": step.confidence,
-            "answered_by": step.answered_by,
-            "status": step.status,
-        }
-        for step in steps
-    }
 
 
 class HeadSummary(BaseModel):
@@ -76,10 +65,6 @@ class HeadSummary(BaseModel):
     before: dict[str, Any] | None = None
 
 
-class TaskError(ShoalError):
-    """A task that cannot be started as given."""
-
-
 class Entities(BaseModel):
     """What the general-purpose extractor pulls out of text."""
 
@@ -88,23 +73,6 @@ class Entities(BaseModel):
     emails: list[str] = Field(default_factory=list, max_length=5, description="email addresses")
     amounts: list[str] = Field(default_factory=list, max_length=5, description="money amounts with currency")
     dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
-
-
-class TicketOutcome(BaseModel):
-    key: str
-    line: int | None = None
-    status: str  # done waiting failed rejected
-    run_id: str | None = None
-    queue: str | None = None
-    fields: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    skipped: bool = False
-    escalated: list[str] = Field(default_factory=list)
-    reviews: list[int] = Field(default_factory=list)
-    tokens: int = 0
-    cost_usd: float = 0.0
-    # failed for want of a model server (worth retrying once it is back), not for the ticket itself
-    transient: bool = Field(default=False, exclude=True)
 
 
 class ReviewItem(BaseModel):
@@ -139,21 +107,8 @@ class RunReport(BaseModel):
 
 def check_task(task: str | bytes, limit: int) -> str:
     """Refuse what cannot be a task before anything is written."""
-    if isinstance(task, bytes):
-        try:
-            task = task.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TaskError(f"the task is not UTF-8 text (byte {exc.start} is {task[exc.start]:#04x})") from None
-    if "\x00" in task:
-        raise TaskError("the task contains NUL bytes: it looks like binary data, not text")
-    if not task.strip():
-        raise TaskError("the task is empty: say what the shoal should do")
-    if len(task) > limit:
-        raise TaskError(
-            f"the task is {len(task):,} characters, over the limit of {limit:,}; split it, or raise "
-            "max_task_chars in shoal.toml (small models read a few thousand tokens at most)"
-        )
-    return task
+    hint = "split it, or raise max_task_chars in shoal.toml (small models read a few thousand tokens at most)"
+    return check_text(task, limit, what="task", raise_hint=hint)
 
 
 class Shoal:
@@ -193,6 +148,7 @@ class Shoal:
         self._ladder_configs: dict[tuple[str, float], LadderConfig] = {}
         self._embedders: dict[str, Embedder] = {}
         self._attached: set[str] = set()
+        self.tickets = TicketDesk(self.store, self.settings, self)
 
     async def __aenter__(self) -> Shoal:
         return self
@@ -282,8 +238,8 @@ class Shoal:
                 self._saver = AsyncSqliteSaver(conn)
                 await self._saver.setup()
             if workflow not in self._graphs:
-                runtime = self._runtime(self.ticket_specialists() if workflow == "tickets" else self.specialists)
-                self._graphs[workflow] = build_task_graph(runtime).compile(checkpointer=self._saver)
+                # named for its workflow: that is how `_invoke` knows which runtime to give it
+                self._graphs[workflow] = build_task_graph().compile(checkpointer=self._saver, name=workflow)
             return self._graphs[workflow]
 
     def ticket_specialists(self) -> dict[str, Specialist[Any, Any]]:
@@ -295,9 +251,12 @@ class Shoal:
         """The task graph compiled as a plain LangGraph graph, e.g. to use as a subgraph.
 
         Without a checkpointer it uses its parent's. Its state: `run_id`, `task`, optionally
-        `plan`; the answer lands in `answer`. Steps are recorded in this Shoal's store.
+        `plan`; the answer lands in `answer`. Steps are recorded in this Shoal's store. Its
+        nodes read this Shoal's `TaskRuntime` as their LangGraph context, and the graph
+        returned here carries it: a parent graph passes no `context=` for it (and its own
+        context, if it has one, does not reach shoal's nodes).
         """
-        return build_task_graph(self._runtime(self.specialists)).compile(checkpointer=checkpointer)
+        return task_subgraph(self._runtime(), checkpointer)
 
     # --- trained heads ----------------------------------------------------------------------
 
@@ -401,7 +360,9 @@ class Shoal:
             )
         return out
 
-    def _runtime(self, specialists: dict[str, Specialist[Any, Any]]) -> TaskRuntime:
+    def _runtime(self, workflow: str = "task") -> TaskRuntime:
+        """What the task graph's nodes read (their LangGraph context) in a run of `workflow`."""
+        specialists = self.ticket_specialists() if workflow == TICKETS else self.specialists
         self.attach_heads(specialists)
         return TaskRuntime(
             store=self.store,
@@ -433,11 +394,10 @@ class Shoal:
         run_id = uuid.uuid4().hex[:12]
         plan_json = None if chosen is None else chosen.model_dump_json()
         await self.store.offload(self.store.create_run, run_id, text, plan_json=plan_json)
-        self._fresh.add(run_id)
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
         if on_start is not None:
             on_start(run_id)
-        return await self._drive(run_id, state)
+        return await self.drive(run_id, state, fresh=True)
 
     def run_sync(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
         report: RunReport = asyncio.run(self.closing(self.run(task, plan=plan)))
@@ -451,13 +411,13 @@ class Shoal:
         graph = await self.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
         if snapshot.next:
-            return await self._drive(run.id, None)
+            return await self.drive(run.id, None)
         state = {
             "run_id": run.id,
             "task": run.task,
             "plan": json.loads(run.plan_json) if run.plan_json else None,
         }
-        return await self._drive(run.id, state)
+        return await self.drive(run.id, state)
 
     async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
         """Answer a pending human decision and let its run go on at once."""
@@ -473,7 +433,7 @@ class Shoal:
         for pending in snapshot.interrupts:
             if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
                 resume[pending.id] = {"answer": validated, "who": who}
-        return await self._drive(row.run_id, Command(resume=resume) if resume else None)
+        return await self.drive(row.run_id, Command(resume=resume) if resume else None)
 
     async def health(self) -> list[BackendHealth]:
         """Each backend: reachable or not (and why), with its models; one quick attempt each."""
@@ -531,80 +491,8 @@ class Shoal:
     # --- tickets --------------------------------------------------------------------------
 
     async def triage_ticket(self, row: TicketRow | BadRow, *, source: str = "", force: bool = False) -> TicketOutcome:
-        """Triage one ticket, or report why it cannot be; safe to call again for the same key.
-
-        Never raises for a problem of this ticket: whatever goes wrong fails the ticket with its
-        reason, so a batch goes on (KeyboardInterrupt and cancellation still stop it)."""
-        store = self.store
-        if isinstance(row, BadRow):
-            await store.offload(
-                store.put_ticket, source, row.key, line=row.line, status="rejected", error=row.reason, run_id=None
-            )
-            return TicketOutcome(key=row.key, line=row.line, status="rejected", error=row.reason)
-        try:
-            skipped = await self._triage_row(row, source, force)
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, ShoalError | PlanError) else f"{type(exc).__name__}: {exc}"
-            await store.offload(store.put_ticket, source, row.key, status="failed", error=reason)
-            outcome = await store.offload(self._ticket_outcome, source, row.key)
-            outcome.transient = isinstance(exc, TransientModelError)
-            return outcome
-        return await store.offload(self._ticket_outcome, source, row.key, skipped=skipped)
-
-    async def _triage_row(self, row: TicketRow, source: str, force: bool) -> bool:
-        """Run (or resume, or repair) one ticket; True when it was already finished."""
-        store = self.store
-        digest = text_hash(row.text)
-        existing = await store.offload(store.get_ticket, source, row.key)
-        same = existing is not None and existing.text_hash == digest and existing.run_id is not None
-        if existing is not None and same and not force:
-            assert existing.run_id is not None
-            if existing.status in ("done", "waiting"):
-                return True
-            run = await store.offload(store.get_run, existing.run_id)
-            if run is not None and run.status in ("done", "waiting"):
-                # killed after its run finished but before the ticket was written: repair, no calls
-                await store.offload(self._finish_ticket, run.id, run.status)
-                return False
-            if run is not None:
-                await self.resume(existing.run_id)  # finished steps are reused, not re-run
-                return False
-        text = check_task(row.text, self.settings.tickets.max_chars)
-        run_id = uuid.uuid4().hex[:12]
-        await store.offload(store.create_run, run_id, text, workflow="tickets", plan_json=json.dumps(TICKET_PLAN))
-        await store.offload(
-            store.put_ticket, source, row.key, line=row.line, text_hash=digest, run_id=run_id, status="running",
-            queue=None, result_json=None, error=None,
-        )  # fmt: skip
-        self._fresh.add(run_id)
-        await self._drive(run_id, {"run_id": run_id, "task": text, "plan": TICKET_PLAN}, "tickets")
-        return False
-
-    def _ticket_outcome(self, source: str, key: str, *, skipped: bool = False) -> TicketOutcome:
-        ticket = self.store.get_ticket(source, key)
-        if ticket is None:
-            raise StoreError(f"ticket {key} of {source} has no row")
-        fields = json.loads(ticket.result_json) if ticket.result_json else {}
-        run = self.store.get_run(ticket.run_id) if ticket.run_id else None
-        reviews = [r.id or 0 for r in self.store.reviews(run_id=ticket.run_id)] if ticket.run_id else []
-        return TicketOutcome(
-            key=key,
-            line=ticket.line,
-            status=ticket.status,
-            run_id=ticket.run_id,
-            queue=ticket.queue,
-            fields=fields,
-            error=ticket.error,
-            skipped=skipped,
-            escalated=[
-                n
-                for n, f in fields.items()
-                if f.get("answered_by") not in ("specialist", None) or f.get("status") == "waiting"
-            ],
-            reviews=reviews,
-            tokens=0 if run is None or skipped else run.tokens_in + run.tokens_out,
-            cost_usd=0.0 if run is None or skipped else run.cost_usd,
-        )
+        """Triage one ticket (see `TicketDesk.triage_ticket`)."""
+        return await self.tickets.triage_ticket(row, source=source, force=force)
 
     async def triage(
         self,
@@ -616,48 +504,10 @@ class Shoal:
         on_ticket: Callable[[TicketOutcome], None] | None = None,
         on_pause: Callable[[str, float], None] | None = None,
     ) -> list[TicketOutcome]:
-        """Triage a batch: `concurrency` tickets at a time, each saved as it finishes.
-
-        `source` names the export the rows come from (its absolute path, say): ticket ids are
-        unique within it. While the model server is unreachable the batch pauses and retries
-        for `[tickets] outage_wait_s` before failing a ticket."""
-        if concurrency < 1:
-            raise TaskError("concurrency must be at least 1")
-        queue: asyncio.Queue[TicketRow | BadRow | None] = asyncio.Queue(maxsize=concurrency * 2)
-        outcomes: list[TicketOutcome] = []
-        outage = Outage(self.settings.tickets.outage_wait_s, on_pause=on_pause)
-
-        async def worker() -> None:
-            while (row := await queue.get()) is not None:
-                await outage.ready()  # not before a retry: the worker waiting out an outage retries
-                while True:
-                    outcome = await self.triage_ticket(row, source=source, force=force)
-                    if not outcome.transient:
-                        outage.recovered()
-                        break
-                    if not await outage.wait(outcome.error or "the model server is unreachable"):
-                        outcome.error = f"{outcome.error} (still failing after {outage.wait_s:g}s of retries)"
-                        break
-                outcomes.append(outcome)
-                if on_ticket is not None:
-                    on_ticket(outcome)
-
-        async def produce() -> None:
-            for row in rows:
-                await queue.put(row)
-            for _ in range(concurrency):
-                await queue.put(None)
-
-        # one task group: if a worker dies of something triage_ticket could not catch, the
-        # producer is cancelled with it instead of waiting forever on a full queue
-        tasks = [asyncio.create_task(produce()), *(asyncio.create_task(worker()) for _ in range(concurrency))]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return sorted(outcomes, key=lambda o: (o.line or 0, o.key))
+        """Triage a batch (see `TicketDesk.triage`)."""
+        return await self.tickets.triage(
+            rows, source=source, concurrency=concurrency, force=force, on_ticket=on_ticket, on_pause=on_pause
+        )
 
     def _validate_answer(self, specialist: str, answer: Any) -> Any:
         if specialist == "planner":
@@ -675,7 +525,19 @@ class Shoal:
         except ValueError as exc:
             raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
 
-    async def _drive(self, run_id: str, state: Any, workflow: str | None = None) -> RunReport:
+    async def drive(
+        self,
+        run_id: str,
+        state: dict[str, Any] | Command[Any] | None,
+        workflow: str | None = None,
+        *,
+        fresh: bool = False,
+    ) -> RunReport:
+        """Start or continue a run's graph and record how it ended. `state`: a new run's first
+        state, a Command answering its interrupts, or None to go on from its checkpoint;
+        `fresh`: the run was just created here, so its steps have no rows to look up."""
+        if fresh:
+            self._fresh.add(run_id)
         if workflow is None:
             run = await self.store.offload(self.store.get_run, run_id)
             workflow = run.workflow if run is not None else "task"
@@ -684,10 +546,11 @@ class Shoal:
     async def _invoke(self, graph: Any, run_id: str, state: Any) -> RunReport:
         config = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
         started = time.perf_counter()
+        context = self._runtime(graph.name)
         if run_id not in self._fresh:  # a new run's row already says so
             await self.store.offload(self.store.update_run, run_id, status="running", owner_pid=os.getpid(), error=None)
         try:
-            result = await graph.ainvoke(state, config, durability=self.settings.durability)
+            result = await graph.ainvoke(state, config, context=context, durability=self.settings.durability)
         except (ShoalError, PlanError) as exc:
             self._fresh.discard(run_id)
             await self.store.offload(self._finish, run_id, "failed", started, error=str(exc))
@@ -728,28 +591,8 @@ class Shoal:
         )
         if status in ("done", "failed"):
             self._budgets.pop(run_id, None)  # a waiting run keeps its budget for after the review
-        if workflow == "tickets":
-            self._finish_ticket(run_id, status)
-
-    def _finish_ticket(self, run_id: str, status: str) -> None:
-        ticket = self.store.ticket_for_run(run_id)
-        if ticket is None:
-            return
-        fields = ticket_fields(self.store.steps(run_id))
-        outputs = {name: field.get("output") for name, field in fields.items()}
-        queue = None
-        if status == "done":
-            queue = route(self.settings, outputs)
-        elif status == "waiting":
-            queue = self.settings.tickets.review_queue
-        self.store.put_ticket(
-            ticket.source,
-            ticket.key,
-            status={"done": "done", "waiting": "waiting"}.get(status, "failed"),
-            queue=queue,
-            result_json=json.dumps(fields, ensure_ascii=False),
-            error=None if status in ("done", "waiting") else (self.store.get_run(run_id) or ticket).error,
-        )
+        if workflow == TICKETS:
+            self.tickets.finish(run_id, status)
 
     def report(self, run_id: str) -> RunReport:
         run = self.store.find_run(run_id)

@@ -6,9 +6,50 @@ an operator at a terminal, not the developer who wrote the call.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ShoalError(Exception):
     """Base class of shoal's own errors."""
+
+    exit_code: int = 1  # what the `shoal` command exits with when this error ends it
+
+
+class InputFileError(ShoalError):
+    """A file named on the command line cannot be read: it is missing, a directory, or not readable.
+
+    The message names the file and says what to do, so the command can end on that one line.
+    It is a usage mistake, so `shoal` exits 2 as it does for a bad option.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: Path) -> None:
+        self.path = path
+        super().__init__(message)
+
+    @classmethod
+    def from_os_error(cls, path: Path, what: str, exc: OSError, hint: str = "") -> InputFileError:
+        """Word the `OSError` from opening `path` (a `what`, e.g. "ticket file") for whoever typed it."""
+        tail = f"; {hint}" if hint else ""
+        if isinstance(exc, FileNotFoundError):
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            message = f"{what} {path} does not exist{where}: check the path{tail}"
+        elif isinstance(exc, IsADirectoryError):
+            message = f"{what} {path} is a directory: give a file{tail}"
+        elif isinstance(exc, PermissionError):
+            message = f"{what} {path} cannot be read (permission denied): make it readable (chmod u+r) or copy it"
+        else:
+            message = f"{what} {path} cannot be read ({exc.strerror or exc}){tail}"
+        return cls(message, path)
+
+
+class TaskError(ShoalError):
+    """A task (or a ticket) that cannot be started as given: empty, binary, too long, a bad plan."""
+
+
+class StoreError(ShoalError):
+    """The database cannot be opened or holds something unexpected."""
 
 
 class ConfigError(ShoalError):

@@ -23,11 +23,12 @@ from fakeollama import FakeOllama, fake_ollama
 
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
-from shoal.graphs.tickets import FIELDS, BadRow, TicketRow, read_tickets, ticket_source
 from shoal.models.base import ChatRequest
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.store import MIGRATIONS, Store, StoreError, StoreLedger
+from shoal.tickets.files import BadRow, TicketRow, read_tickets, ticket_source
+from shoal.tickets.plan import FIELDS
 
 TEXTS = [
     "I want to cancel order {n}, it has not shipped yet",

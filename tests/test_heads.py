@@ -354,7 +354,7 @@ def test_train_and_heads_commands(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 async def test_ticket_triage_answers_category_and_intent_from_trained_heads(tmp_path: Path) -> None:
     """The README's recipe: train the ticket classifiers on Bitext, then triage."""
-    from shoal.graphs.tickets import TicketRow
+    from shoal.tickets.files import TicketRow
 
     write_labelled(tmp_path / "intents.csv", 8, column="intent")
     write_labelled(tmp_path / "categories.csv", 8, column="category")

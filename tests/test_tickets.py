@@ -16,8 +16,9 @@ from bitext import rows as bitext_rows
 
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
-from shoal.graphs.tickets import FIELDS, BadRow, TicketRow, read_tickets, route
 from shoal.store import Store
+from shoal.tickets.files import BadRow, TicketRow, read_tickets
+from shoal.tickets.plan import FIELDS, route
 
 ACCEPT_ALL = "\n".join(f"[specialists.{name}]\nthreshold = 0.0" for name in FIELDS) + "\n"
 

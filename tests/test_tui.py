@@ -168,7 +168,7 @@ def ticket_answers(request: object) -> str:
 
 
 async def test_a_batch_started_from_new_task_appears_on_runs(tmp_path: Path) -> None:
-    from shoal.graphs.tickets import FIELDS
+    from shoal.tickets.plan import FIELDS
 
     tickets = tmp_path / "t.jsonl"
     tickets.write_text('{"instruction": "my invoice 5521 is wrong"}\n{"instruction": ""}\n')

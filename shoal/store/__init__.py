@@ -1,6 +1,7 @@
 """What is remembered: shoal's tables and LangGraph's checkpoints in one SQLite file."""
 
-from shoal.store.db import MIGRATIONS, Store, StoreError, StoreLedger
+from shoal.errors import StoreError
+from shoal.store.db import MIGRATIONS, Store, StoreLedger
 from shoal.store.tables import EmbeddingVector, Escalation, Example, Head, ModelCall, Review, Run, Step, Ticket
 
 __all__ = [

@@ -25,7 +25,7 @@ from sqlalchemy import event, func, insert, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from shoal.errors import ShoalError
+from shoal.errors import StoreError
 from shoal.store.tables import (
     EmbeddingVector,
     Escalation,
@@ -46,10 +46,6 @@ BUSY_TIMEOUT_MS = 30_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class StoreError(ShoalError):
-    """The database cannot be opened or holds something unexpected."""
 
 
 def _v1(connection: Any) -> None:

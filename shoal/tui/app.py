@@ -562,7 +562,7 @@ class ShoalApp(App[None]):
     async def start(self, text: str) -> None:
         """Run a task or a ticket batch in the background; Runs shows it as it goes."""
         if text.startswith("triage "):
-            from shoal.graphs.tickets import read_tickets, ticket_source
+            from shoal.tickets.files import read_tickets, ticket_source
 
             path = Path(text.removeprefix("triage ").strip())
             try:

@@ -1,0 +1,115 @@
+"""Ticket exports in and results out: reading CSV/JSONL rows (a bad row is reported, never fatal)
+and writing a batch's results as JSONL or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from shoal.errors import TaskError
+from shoal.inputs import check_text
+
+
+class TicketRow(BaseModel):
+    key: str
+    line: int
+    text: str
+
+
+class BadRow(BaseModel):
+    key: str
+    line: int
+    reason: str
+
+
+Format = Literal["csv", "jsonl"]
+
+
+def ticket_source(path: Path) -> str:
+    """What identifies an export: its absolute path, so two files named tickets.csv in two
+    folders are two sources (ids are unique within a source, not across them)."""
+    return str(path.expanduser().resolve())
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_tickets(
+    path: Path,
+    *,
+    text_column: str = "instruction",
+    id_column: str | None = None,
+    max_chars: int = 20_000,
+) -> Iterator[TicketRow | BadRow]:
+    """Rows of a CSV or JSONL export; a row that cannot be a ticket comes back as a BadRow
+    with its reason, and reading goes on."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no ticket file at {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: give a .csv or .jsonl file")
+    stem = path.stem
+    seen: dict[str, int] = {}  # id -> line it was first seen on
+
+    def check(key: str, line: int, text: Any) -> TicketRow | BadRow:
+        first = seen.setdefault(key, line)
+        if first != line:
+            # its own key, so the rejection does not overwrite the ticket that owns the id
+            return BadRow(key=f"{key}#line{line}", line=line, reason=f"duplicate id '{key}' (first on line {first})")
+        if text is None:
+            return BadRow(key=key, line=line, reason=f"no '{text_column}' value")
+        if not isinstance(text, str):
+            return BadRow(key=key, line=line, reason=f"'{text_column}' is not text")
+        try:
+            check_text(text, max_chars, what="text")
+        except TaskError as exc:
+            return BadRow(key=key, line=line, reason=str(exc))
+        return TicketRow(key=key, line=line, text=text)
+
+    if suffix == ".csv":
+        # bodies above the limit are rejected one by one below, not by the csv module mid-file
+        csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))
+        with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            if text_column not in columns:
+                raise ValueError(
+                    f"{path} has no column '{text_column}'; its columns: {columns}. Choose one with --text"
+                )
+            if id_column and id_column not in columns:
+                raise ValueError(f"{path} has no column '{id_column}'; its columns: {columns}. Choose one with --id")
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # a broken line must not end the batch
+                    yield BadRow(key=f"{stem}:{reader.line_num}", line=reader.line_num, reason=f"unreadable CSV: {exc}")
+                    continue
+                number = reader.line_num
+                key = (record.get(id_column) or "").strip() if id_column else ""
+                yield check(key or f"{stem}:{number}", number, record.get(text_column))
+        return
+    with path.open("rb") as binary:
+        for number, raw in enumerate(binary, start=1):
+            if not raw.strip():
+                continue
+            line = raw.decode("utf-8", errors="surrogateescape")
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                yield BadRow(key=f"{stem}:{number}", line=number, reason=f"not JSON: {exc}")
+                continue
+            if not isinstance(record, dict):
+                yield BadRow(key=f"{stem}:{number}", line=number, reason="not a JSON object")
+                continue
+            key = str(record.get(id_column) or "").strip() if id_column else ""
+            yield check(key or f"{stem}:{number}", number, record.get(text_column))
