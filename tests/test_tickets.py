@@ -16,6 +16,7 @@ from bitext import rows as bitext_rows
 
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
+from shoal.errors import InputFileError
 from shoal.store import Store
 from shoal.tickets.files import BadRow, TicketRow, read_tickets
 from shoal.tickets.plan import FIELDS, route
@@ -155,7 +156,7 @@ def test_bad_rows_are_reported_and_the_batch_goes_on(tmp_path: Path) -> None:
     parsed = list(read_tickets(jsonl, text_column="text", id_column="id"))
     assert [type(r).__name__ for r in parsed] == ["TicketRow", "BadRow", "BadRow", "BadRow"]
     assert "not JSON" in parsed[1].reason  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="no column 'body'"):
+    with pytest.raises(InputFileError, match="no column 'body'"):
         list(read_tickets(path, text_column="body"))
 
 

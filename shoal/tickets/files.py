@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from shoal.errors import TaskError
+from shoal.errors import InputFileError, TaskError
 from shoal.inputs import check_text
 
 
@@ -52,10 +52,10 @@ def read_tickets(
     """Rows of a CSV or JSONL export; a row that cannot be a ticket comes back as a BadRow
     with its reason, and reading goes on."""
     if not path.is_file():
-        raise FileNotFoundError(f"no ticket file at {path}")
+        raise InputFileError(f"ticket file {path} does not exist or is not a file: check the path", path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
-        raise ValueError(f"{path}: give a .csv or .jsonl file")
+        raise InputFileError(f"ticket file {path} is neither .csv nor .jsonl: export your tickets as one", path)
     stem = path.stem
     seen: dict[str, int] = {}  # id -> line it was first seen on
 
@@ -81,11 +81,13 @@ def read_tickets(
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             if text_column not in columns:
-                raise ValueError(
-                    f"{path} has no column '{text_column}'; its columns: {columns}. Choose one with --text"
+                raise InputFileError(
+                    f"{path} has no column '{text_column}'; its columns: {columns}. Choose one with --text", path
                 )
             if id_column and id_column not in columns:
-                raise ValueError(f"{path} has no column '{id_column}'; its columns: {columns}. Choose one with --id")
+                raise InputFileError(
+                    f"{path} has no column '{id_column}'; its columns: {columns}. Choose one with --id", path
+                )
             while True:
                 try:
                     record = next(reader)

@@ -23,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, Tree
 
 from shoal.config import Settings
+from shoal.errors import ShoalError
 from shoal.store import Store
 from shoal.tui.data import STATUSES, evidence_text, pretty, question_text, run_lines
 
@@ -569,7 +570,7 @@ class ShoalApp(App[None]):
                 rows = await asyncio.to_thread(
                     lambda: list(read_tickets(path.expanduser(), max_chars=self.settings.tickets.max_chars))
                 )
-            except (OSError, ValueError) as exc:
+            except (OSError, ShoalError) as exc:
                 self.notify(str(exc), severity="error")
                 return
             try:
