@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, create_model
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -22,10 +26,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from shoal.backends import build_backend, build_router
-from shoal.config import Settings
-from shoal.errors import ShoalError
+from shoal.config import Settings, find_config
+from shoal.errors import InputFileError, ShoalError
 from shoal.models.base import BACKENDS, ChatRequest, Message, ModelRef, RetryPolicy
 
 app = typer.Typer(
@@ -48,8 +53,57 @@ ConfigOption = Annotated[
 _FIELD_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "list": list[str]}
 
 
+def _literal(text: str) -> Text:
+    """Text shoal did not write (a task, model output, an error, a file name) as it is: brackets such
+    as `[openai]` are not read as Rich markup, nor `:name:` as an emoji."""
+    return console.render_str(text, markup=False, emoji=False)
+
+
+_LABELLED = "give labelled data as CSV, JSONL or CLINC150-style JSON"
+
+
+def _input_file(path: Path, what: str, hint: str = "") -> Path:
+    """`path` if it opens for reading, else an `InputFileError` naming it and saying what to do.
+
+    Commands check the files they were given before they start work (a database, a model), so a
+    typo costs one line, not a traceback after the setup.
+    """
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if stat.S_ISREG(mode):  # a pipe or a device is left to the reader: opening one here would drain it
+            with path.open("rb"):
+                pass
+    except OSError as exc:
+        raise InputFileError.from_os_error(path, what, exc, hint) from None
+    return path
+
+
 def _settings(config: Path | None) -> Settings:
+    found = find_config(config, os.environ)
+    if found is not None:  # the file Settings.load is about to read
+        _input_file(
+            found,
+            "config file",
+            "point --config or SHOAL_CONFIG at a shoal.toml, or leave both out to use ./shoal.toml "
+            "or the one in the user config directory",
+        )
     return Settings.load(config)
+
+
+def _read_plan(path: Path) -> Any:
+    hint = "give a plan in JSON, like examples/ticket_plan.json, or leave --plan out and let the planner choose"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputFileError.from_os_error(path, "plan", exc, hint) from None
+    except UnicodeDecodeError:
+        raise InputFileError(f"plan {path} is not UTF-8 text: {hint}", path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"plan {path} is not valid JSON ({exc}): {hint}", path) from None
 
 
 def fields_model(spec: str) -> type[BaseModel]:
@@ -105,11 +159,11 @@ def ask(
         if reply.parsed is not None:
             console.print_json(reply.parsed.model_dump_json())
         else:
-            console.print(reply.text)
+            console.print(reply.text, markup=False, emoji=False, highlight=False, soft_wrap=True)
         mean_p = sum(t.prob for t in reply.logprobs) / len(reply.logprobs) if reply.logprobs else None
         confidence = f", mean token p={mean_p:.2f}" if mean_p is not None else ""
         err.print(
-            f"[dim]{reply.ref}: {reply.usage.input_tokens} in / {reply.usage.output_tokens} out, "
+            f"[dim]{escape(str(reply.ref))}: {reply.usage.input_tokens} in / {reply.usage.output_tokens} out, "
             f"{reply.latency_s:.2f}s{confidence}[/dim]"
         )
 
@@ -129,12 +183,12 @@ def _print_report(report: Any, as_json: bool) -> None:
         console.print_json(json.dumps(report.answer.get("answer", report.answer), ensure_ascii=False))
     for item in report.reviews:
         err.print(
-            f"[yellow]waiting for a person:[/yellow] review {item.id} ({item.specialist}, step {item.step_id}): "
-            f"`shoal review {item.id}`"
+            f"[yellow]waiting for a person:[/yellow] review {item.id} ({escape(item.specialist)}, "
+            f"step {escape(item.step_id)}): `shoal review {item.id}`"
         )
     if report.error:
-        err.print(f"[red]{report.error}[/red]")
-    err.print(f"[dim]{report.summary()}[/dim]")
+        err.print(Text(report.error, style="red"))
+    err.print(Text(report.summary(), style="dim"))
 
 
 @app.command()
@@ -146,7 +200,7 @@ def run(
 ) -> None:
     """Plan and run a task; prints the result and a one-line cost and escalation summary."""
     text: str | bytes = sys.stdin.buffer.read() if task == "-" else task
-    chosen = json.loads(plan.read_text(encoding="utf-8")) if plan else None
+    chosen = _read_plan(plan) if plan else None
     engine = _engine(config)
     report = engine.run_sync(text, plan=chosen)
     _print_report(report, as_json)
@@ -176,7 +230,7 @@ def runs(
     from shoal.store import Store
 
     store = Store(_settings(config).db_path)
-    table = Table(title=f"runs in {store.path}")
+    table = Table(title=_literal(f"runs in {store.path}"))
     for column in ("id", "status", "started", "task", "calls", "esc.", "tokens", "cost", "secs"):
         table.add_column(column, overflow="fold")
     for row in store.list_runs(status=status, limit=limit):
@@ -184,7 +238,7 @@ def runs(
             row.id,
             row.status,
             row.created_at.strftime("%Y-%m-%d %H:%M"),
-            (row.task[:50] + "…") if len(row.task) > 50 else row.task,
+            _literal((row.task[:50] + "…") if len(row.task) > 50 else row.task),
             str(row.model_calls),
             str(row.escalations),
             str(row.tokens_in + row.tokens_out),
@@ -205,10 +259,12 @@ def show(
 
     store = Store(_settings(config).db_path)
     run = store.find_run(run_id)
-    console.print(f"[bold]run {run.id}[/bold]  {run.status}  {run.workflow}  {run.created_at:%Y-%m-%d %H:%M:%S}")
-    console.print(f"task: {run.task if len(run.task) < 500 else run.task[:500] + '…'}")
+    console.print(
+        f"[bold]run {run.id}[/bold]  {run.status}  {escape(run.workflow)}  {run.created_at:%Y-%m-%d %H:%M:%S}"
+    )
+    console.print(_literal(f"task: {run.task if len(run.task) < 500 else run.task[:500] + '…'}"))
     if run.error:
-        console.print(f"[red]error: {run.error}[/red]")
+        console.print(Text(f"error: {run.error}", style="red"))
     steps = Table(title="steps", show_lines=True)
     for column in (
         "step",
@@ -224,14 +280,14 @@ def show(
     for step in store.steps(run.id):
         evidence = "; ".join(f"{e['name']}={e['value']:.2f} {e['detail']}" for e in json.loads(step.evidence_json))
         steps.add_row(
-            step.step_id,
-            step.specialist,
+            _literal(step.step_id),
+            _literal(step.specialist),
             step.status,
             "-" if step.confidence is None else f"{step.confidence:.2f}",
             "-" if step.first_confidence is None else f"{step.first_confidence:.2f}",
-            step.answered_by or "-",
-            (step.output_json or step.error or "")[:300],
-            evidence[:400],
+            _literal(step.answered_by or "-"),
+            _literal((step.output_json or step.error or "")[:300]),
+            _literal(evidence[:400]),
         )
     console.print(steps)
     escalations = store.escalations(run.id)
@@ -241,14 +297,14 @@ def show(
             table.add_column(column, overflow="fold")
         for e in escalations:
             table.add_row(
-                e.step_id or "-",
+                _literal(e.step_id or "-"),
                 e.rung,
                 e.outcome,
                 f"{e.confidence_before:.2f}",
                 "-" if e.confidence_after is None else f"{e.confidence_after:.2f}",
-                e.model or "-",
+                _literal(e.model or "-"),
                 f"${e.cost_usd:.4f}",
-                e.reason,
+                _literal(e.reason),
             )
         console.print(table)
     table = Table(title="model calls")
@@ -258,18 +314,18 @@ def show(
     for call in rows:
         table.add_row(
             str(call.id),
-            call.step_id or "-",
-            call.model,
+            _literal(call.step_id or "-"),
+            _literal(call.model),
             f"{call.tokens_in}+{call.tokens_out}",
             f"{call.latency_s:.2f}s",
             f"${call.cost_usd:.4f}",
             "-" if call.confidence is None else f"{call.confidence:.2f}",
-            call.error or "",
+            _literal(call.error or ""),
         )
     console.print(table)
     if calls:
         for call in rows:
-            console.rule(f"call {call.id}: {call.model} (step {call.step_id})")
+            console.rule(_literal(f"call {call.id}: {call.model} (step {call.step_id})"))
             console.print_json(call.request_json)
             console.print_json(call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text}))
     console.print(
@@ -307,11 +363,11 @@ def review(
             table.add_row(
                 str(row.id),
                 row.run_id,
-                row.step_id,
-                row.specialist,
+                _literal(row.step_id),
+                _literal(row.specialist),
                 f"{q.get('confidence', 0):.2f}",
-                json.dumps(q.get("best_answer"))[:300],
-                "; ".join(q.get("reasons", []))[:300],
+                _literal(json.dumps(q.get("best_answer"))[:300]),
+                _literal("; ".join(q.get("reasons", []))[:300]),
             )
         console.print(table)
         console.print("answer with `shoal review ID --answer JSON` or `--accept`")
@@ -349,10 +405,11 @@ def triage(
     """Triage a ticket queue: category, intent, priority, entities, summary, a first reply, a queue."""
     import itertools
 
-    from shoal.graphs.tickets import read_tickets
+    from shoal.tickets.files import read_tickets, ticket_source
 
     if out is not None and out.suffix.lower() not in (".jsonl", ".csv"):
         raise typer.BadParameter("use a .jsonl or .csv file", param_hint="--out")
+    _input_file(file, "ticket file", "give a CSV or JSONL export of your tickets")
     engine = _engine(config)
     rows = list(
         itertools.islice(
@@ -395,10 +452,18 @@ def triage(
                 ),
             )
 
+        def paused(reason: str, delay_s: float) -> None:
+            progress.console.print(Text(f"paused: {reason}; retrying in {delay_s:.0f}s", style="yellow"))
+
         async def go() -> list[Any]:
             try:
                 outcomes: list[Any] = await engine.triage(
-                    rows, source=file.name, concurrency=concurrency, force=force, on_ticket=update
+                    rows,
+                    source=ticket_source(file),
+                    concurrency=concurrency,
+                    force=force,
+                    on_ticket=update,
+                    on_pause=paused,
                 )
             finally:
                 await engine.aclose()
@@ -408,10 +473,10 @@ def triage(
             asyncio.run(go())
         finally:  # also on Ctrl-C: what finished is in the database, and in the output file
             if out is not None:
-                written = _write_tickets(engine, [r.key for r in rows], out)
-                err.print(f"wrote {written} tickets to {out}")
+                written = _write_tickets(engine, ticket_source(file), [r.key for r in rows], out)
+                err.print(_literal(f"wrote {written} tickets to {out}"))
     for line in problems:
-        err.print(f"[yellow]{line}[/yellow]", highlight=False)
+        err.print(Text(line, style="yellow"))
     console.print(
         f"{len(rows)} tickets: {counts['done']} done, {counts['waiting']} waiting for review, "
         f"{counts['escalated']} escalated, {counts['failed']} failed, {counts['rejected']} rejected, "
@@ -419,18 +484,21 @@ def triage(
     )
     if counts["waiting"]:
         console.print("answer the waiting ones with `shoal review`")
+    if counts["failed"]:
+        # scripts and schedulers must see it: run again to retry them (finished tickets are skipped)
+        raise typer.Exit(1)
 
 
-def _write_tickets(engine: Any, keys: list[str], out: Path) -> int:
+def _write_tickets(engine: Any, source: str, keys: list[str], out: Path) -> int:
     import csv
 
-    from shoal.graphs.tickets import FIELDS
+    from shoal.tickets.plan import FIELDS
 
-    rows = engine.store.tickets(keys)
+    rows = engine.store.tickets(source, keys)
     records = []
     for row in rows:
         fields = json.loads(row.result_json) if row.result_json else {}
-        record: dict[str, Any] = {"id": row.id, "line": row.line, "status": row.status, "queue": row.queue}
+        record: dict[str, Any] = {"id": row.key, "line": row.line, "status": row.status, "queue": row.queue}
         for name in FIELDS:
             field = fields.get(name) or {}
             output = field.get("output")
@@ -501,6 +569,7 @@ def eval_(
     from shoal.evaluation import OUT_OF_SCOPE, Prediction, load_labelled, report, stratified
     from shoal.specialists.classifier import Classifier, TextInput
 
+    _input_file(data, "labelled data", _LABELLED)
     settings = _settings(config)
     rows = load_labelled(data, text_column=text, label_column=label, split=split)
     labels = sorted({r.label for r in rows if r.label != OUT_OF_SCOPE})
@@ -550,7 +619,7 @@ def eval_(
                 TextColumn("{task.fields[acc]}"),
                 console=err,
             ) as progress:
-                task = progress.add_task(str(ref), total=len(chosen), acc="")
+                task = progress.add_task(escape(str(ref)), total=len(chosen), acc="")
                 for row in chosen:
                     known = done.get((row.text, row.label))
                     if known is None:
@@ -585,7 +654,7 @@ def eval_(
 
 
 def _print_eval(result: Any, model: str, data: Path) -> None:
-    summary = Table(title=f"{model} on {data.name}: {result.n} rows", show_header=False)
+    summary = Table(title=_literal(f"{model} on {data.name}: {result.n} rows"), show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     summary.add_row("rows in scope / out of scope", f"{result.n_in_scope} / {result.n_out_of_scope}")
@@ -657,11 +726,13 @@ def train(
     """Train a classifier head on embeddings from files and from escalated answers (the flywheel)."""
     from shoal.evaluation import OUT_OF_SCOPE, load_labelled, stratified
 
+    for path in data or []:
+        _input_file(path, "training data", _LABELLED + ", or leave --data out to train on what the store keeps")
     engine = _engine(config)
     engine.trainable(specialist)
     if activate is not None:
         row = engine.store.activate_head(specialist, activate)
-        console.print(f"{specialist}: head v{row.version} is active")
+        console.print(_literal(f"{specialist}: head v{row.version} is active"))
         return
     rows = []
     for path in data or []:
@@ -680,7 +751,7 @@ def train(
 
         def update(what: str, done: int, total: int) -> None:
             if what not in bars:
-                bars[what] = progress.add_task(what, total=total)
+                bars[what] = progress.add_task(escape(what), total=total)
             progress.update(bars[what], completed=done, total=total)
 
         async def go() -> Any:
@@ -706,8 +777,9 @@ def train(
 def _print_training(result: Any) -> None:
     sources = ", ".join(f"{n} {source}" for source, n in sorted(result.by_source.items()))
     console.print(
-        f"[bold]{result.specialist}[/bold]: {result.examples} examples ({sources}), {result.labels} labels; "
-        f"{result.n_train} to fit, {result.n_holdout} held out; embeddings of {result.embed_model}: "
+        f"[bold]{escape(result.specialist)}[/bold]: {result.examples} examples ({escape(sources)}), "
+        f"{result.labels} labels; {result.n_train} to fit, {result.n_holdout} held out; "
+        f"embeddings of {escape(str(result.embed_model))}: "
         f"{result.embedded} new, {result.reused} from the cache"
         + (f", {result.texts_per_second:.1f} texts/s" if result.texts_per_second else "")
     )
@@ -716,7 +788,9 @@ def _print_training(result: Any) -> None:
         more = (
             f" and {len(result.labels_without_examples) - 10} more" if len(result.labels_without_examples) > 10 else ""
         )
-        console.print(f"[yellow]labels with no examples (the head never answers them):[/yellow] {missing}{more}")
+        console.print(
+            f"[yellow]labels with no examples (the head never answers them):[/yellow] {escape(missing)}{more}"
+        )
     table = Table(title=f"held-out comparison (threshold {result.after.threshold:.2f})")
     for column in ("", "n", "accuracy", "macro-F1", "ECE", "AUROC", "escalated", "accepted right"):
         table.add_column(column, justify="right" if column else "left")
@@ -724,7 +798,7 @@ def _print_training(result: Any) -> None:
         if metrics is None:
             continue
         table.add_row(
-            metrics.what,
+            _literal(metrics.what),
             str(metrics.n),
             f"{metrics.accuracy:.3f}",
             f"{metrics.macro_f1:.3f}",
@@ -735,9 +809,11 @@ def _print_training(result: Any) -> None:
         )
     console.print(table)
     state = "[green]activated[/green]" if result.activated else "[yellow]kept inactive[/yellow]"
-    console.print(f"head v{result.version} {state}: {result.reason} (temperature {result.temperature:.2f})")
+    console.print(f"head v{result.version} {state}: {escape(result.reason)} (temperature {result.temperature:.2f})")
     if not result.activated:
-        console.print(f"activate it anyway with `shoal train {result.specialist} --activate {result.version}`")
+        console.print(
+            _literal(f"activate it anyway with `shoal train {result.specialist} --activate {result.version}`")
+        )
 
 
 @app.command()
@@ -755,13 +831,13 @@ def heads(
         console.print("no trained heads yet: `shoal train SPECIALIST --data FILE`")
         return
     models = sorted({h.embed_model for h in found})
-    table = Table(title="trained heads", caption=f"held-out metrics; embeddings of {', '.join(models)}")
+    table = Table(title="trained heads", caption=_literal(f"held-out metrics; embeddings of {', '.join(models)}"))
     for column in ("head", "active", "labels", "examples", "accuracy", "ECE", "escalated"):
         table.add_column(column, justify="left" if column in ("head", "active") else "right")
     for h in found:
         after = h.after or {}
         table.add_row(
-            f"{h.specialist} v{h.version}" + (f" ({h.embed_model})" if len(models) > 1 else ""),
+            _literal(f"{h.specialist} v{h.version}" + (f" ({h.embed_model})" if len(models) > 1 else "")),
             "yes" if h.active else "",
             str(h.labels),
             str(h.examples),
@@ -809,16 +885,20 @@ def models(
     table.add_column("where")
     table.add_column("models")
     for row in results:
-        status = "[green]ready[/green]" if row["reachable"] else f"[red]unavailable[/red]\n{row['reason']}"
+        # the reason and the names come from servers and config: escaped, so `[ollama]` stays in the text
+        status = "[green]ready[/green]" if row["reachable"] else f"[red]unavailable[/red]\n{escape(row['reason'])}"
         names = "\n".join(
-            f"{m['name']}"
+            escape(m["name"])
             + (f" ({m['size_bytes'] / 1e6:.0f} MB)" if m["size_bytes"] else "")
-            + (f"\n  [dim]{m['detail']}[/dim]" if m["detail"] else "")
+            + (f"\n  [dim]{escape(m['detail'])}[/dim]" if m["detail"] else "")
             for m in row["models"]
         )
-        table.add_row(row["backend"], status, row["where"], names or "-")
+        table.add_row(row["backend"], status, _literal(row["where"]), names or "-")
     console.print(table)
-    console.print(f"default model: [bold]{settings.default_model}[/bold]   frontier: {settings.frontier_model or '-'}")
+    console.print(
+        f"default model: [bold]{escape(settings.default_model)}[/bold]   "
+        f"frontier: {escape(settings.frontier_model or '-')}"
+    )
 
 
 @models_app.command("pull")
@@ -845,23 +925,29 @@ def models_pull(
                 async for step in backend.pull(name):
                     key = step.digest or step.status
                     if key not in tasks:
-                        tasks[key] = progress.add_task(step.status[:40], total=step.total or None)
+                        tasks[key] = progress.add_task(escape(step.status[:40]), total=step.total or None)
                     progress.update(tasks[key], completed=step.completed or 0, total=step.total or None)
         finally:
             await backend.aclose()
-        console.print(f"pulled [bold]{name}[/bold] into {settings.ollama.host}")
+        console.print(f"pulled [bold]{escape(name)}[/bold] into {escape(settings.ollama.host)}")
 
     asyncio.run(pull())
+
+
+def _print_error(exc: Exception) -> None:
+    """The message as it was written (a Text is not read as markup, so `[openai]` stays), on one
+    line however narrow the terminal or pipe: soft wrap lets the terminal fold it, not Rich."""
+    err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
 
 
 def main() -> None:
     try:
         app()
     except ShoalError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(1)
+        _print_error(exc)
+        sys.exit(exc.exit_code)
     except ValueError as exc:  # bad model references and the like, already worded for people
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _print_error(exc)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

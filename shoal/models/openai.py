@@ -78,7 +78,22 @@ class OpenAIBackend:
             return 0.0
         return (usage.input_tokens * price.input_per_m + usage.output_tokens * price.output_per_m) / 1e6
 
+    def _check_key(self) -> None:
+        """Without a key there is nothing to send: say so before connecting, so the message is about
+        the key rather than about the network (and an offline machine gets the same answer)."""
+        if not self._has_key:
+            raise AuthenticationError(self._missing_key_message())
+
+    def _missing_key_message(self) -> str:
+        env = self.api_key_env
+        return (
+            f"{env} is not set, so there is no key for {self.base_url}: export {env}=<your key> "
+            f"(any value for a server that needs none), or name the variable that holds it in shoal.toml "
+            f"as [openai] api_key_env"
+        )
+
     async def chat(self, request: ChatRequest) -> Reply:
+        self._check_key()
         return await with_retries(self.retry, lambda: self._chat_once(request))
 
     async def _chat_once(self, request: ChatRequest) -> Reply:
@@ -130,6 +145,7 @@ class OpenAIBackend:
         return parse_reply(reply, request)
 
     async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+        self._check_key()
         return await with_retries(self.retry, lambda: self._embed_once(model, list(texts)))
 
     async def _embed_once(self, model: str, texts: list[str]) -> Embeddings:
@@ -164,12 +180,8 @@ class OpenAIBackend:
                 f"cannot reach {where}: check [openai] base_url in shoal.toml or your network"
             )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-            hint = (
-                f"set {self.api_key_env} to a valid key"
-                if self._has_key
-                else f"{self.api_key_env} is not set: export it, or name another variable in [openai] api_key_env"
-            )
-            return AuthenticationError(f"{where} refused the credentials: {hint}")
+            # only reached with a key: without one, no call is made (`_check_key`)
+            return AuthenticationError(f"{where} refused the credentials: set {self.api_key_env} to a valid key")
         if isinstance(exc, openai.NotFoundError):
             return ModelNotFoundError(
                 f"model '{model}' is not available at {where}: check the name after 'openai:' ({_detail(exc)})"
@@ -187,6 +199,7 @@ class OpenAIBackend:
         return ServerError(f"call to {where} failed: {type(exc).__name__}: {exc}")
 
     async def list_models(self) -> list[ModelInfo]:
+        self._check_key()
         try:
             page = await self._client.models.list()
         except Exception as exc:
@@ -199,7 +212,7 @@ class OpenAIBackend:
                 backend=self.name,
                 reachable=False,
                 where=self.base_url,
-                reason=f"{self.api_key_env} is not set",
+                reason=self._missing_key_message(),
             )
         try:
             models = await self.list_models()

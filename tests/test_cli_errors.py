@@ -1,0 +1,147 @@
+"""Mistakes at the `shoal` command end on one line that says what to do, never a traceback.
+
+Each test runs the real command in a process, as a person does (see test_cli_models.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from httpfake import FakeServer, free_port
+
+
+def shoal(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", **(env or {})},  # a narrow pipe must not split the line
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """The whole of stderr, which must be a single `error: ...` line."""
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
+# each command that reads a file, with NAME standing for the file it is given
+COMMANDS = {
+    "triage": ["triage", "NAME"],
+    "run --plan": ["run", "sort these tickets", "--plan", "NAME"],
+    "eval": ["eval", "NAME"],
+    "train --data": ["train", "category", "--data", "NAME"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_missing_file_is_one_line(command: str, tmp_path: Path) -> None:
+    name = "no-such-file.csv" if command != "run --plan" else "no-such-plan.json"
+    out = shoal(*(name if a == "NAME" else a for a in COMMANDS[command]), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    line = one_line_error(out)
+    assert name in line and "does not exist" in line and "check the path" in line
+    assert str(tmp_path) in line  # a relative path: where it was looked for
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_directory_instead_of_file_is_one_line(command: str, tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = shoal(*(str(folder) if a == "NAME" else a for a in COMMANDS[command]), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    line = one_line_error(out)
+    assert str(folder) in line and "is a directory" in line and "give a file" in line
+
+
+def test_readme_triage_typo_costs_nothing(tmp_path: Path) -> None:
+    """The README's `shoal triage tickets.csv` where there is no such file: the hint says what
+    the file should be, and no database is created for a command that could not start."""
+    out = shoal("triage", "tickets.csv", "--text", "body", "--id", "ticket_id", cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_line_error(out)
+    assert "ticket file tickets.csv does not exist" in line and "CSV or JSONL" in line
+    assert not Path(os.environ["SHOAL_DB"]).exists()
+
+
+def test_config_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
+    out = shoal("runs", "--config", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_line_error(out)
+    assert f"config file {tmp_path} is a directory" in line and "--config" in line
+
+
+def test_plan_that_is_not_json_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plan.json").write_text("{not json")
+    out = shoal("run", "sort these tickets", "--plan", "plan.json", cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_line_error(out)
+    assert "plan plan.json is not valid JSON" in line
+
+
+def test_brackets_in_an_error_are_kept(tmp_path: Path) -> None:
+    config = tmp_path / "shoal.toml"
+    config.write_text("[retry]\nattempts = 1\n")
+    out = shoal(
+        "ask",
+        "hi",
+        "--model",
+        "ollama:qwen2.5:3b",
+        "--config",
+        str(config),
+        env={"OLLAMA_HOST": f"127.0.0.1:{free_port()}"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    line = one_line_error(out)
+    assert "cannot reach Ollama" in line and "OLLAMA_HOST / [ollama] host in shoal.toml" in line
+
+
+def test_brackets_in_the_models_table_are_kept(tmp_path: Path) -> None:
+    out = shoal("models", env={"OLLAMA_HOST": f"127.0.0.1:{free_port()}", "COLUMNS": "400"}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "[ollama] host" in out.stdout and "[openai] api_key_env" in out.stdout
+
+
+def test_openai_without_a_key_says_so_without_connecting(server: FakeServer, tmp_path: Path) -> None:
+    out = shoal(
+        "ask",
+        "hi",
+        "--model",
+        "openai:gpt-4o-mini",
+        env={"SHOAL_FRONTIER_BASE_URL": server.url + "/v1"},
+        cwd=tmp_path,
+    )
+    assert "OPENAI_API_KEY" not in os.environ  # conftest's doing; the child inherits it
+    assert out.returncode == 1
+    line = one_line_error(out)
+    assert "OPENAI_API_KEY is not set" in line and "export OPENAI_API_KEY=" in line
+    assert "[openai] api_key_env" in line and "cannot reach" not in line
+    assert server.requests == []  # nothing was sent anywhere
+
+
+def test_openai_key_variable_named_in_config(server: FakeServer, tmp_path: Path) -> None:
+    config = tmp_path / "shoal.toml"
+    config.write_text('[openai]\napi_key_env = "FRONTIER_KEY"\n')
+    out = shoal(
+        "ask",
+        "hi",
+        "--model",
+        "openai:gpt-4o-mini",
+        env={"SHOAL_FRONTIER_BASE_URL": server.url + "/v1"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    line = one_line_error(out)
+    assert "FRONTIER_KEY is not set" in line and "export FRONTIER_KEY=" in line
+    assert server.requests == []
