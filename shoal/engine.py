@@ -202,6 +202,7 @@ class Shoal:
         if (
             frontier is not None
             and frontier.startswith("openai:")
+            and self.settings.openai.base_url is None  # a local server may need no key
             and not os.environ.get(self.settings.openai.api_key_env)
         ):
             unavailable = f"{self.settings.openai.api_key_env} is not set"

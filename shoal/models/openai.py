@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from shoal.config import Price
 
 
+OFFICIAL_URL = "https://api.openai.com/v1"
+
+
 class OpenAIBackend:
     name: ClassVar[BackendName] = "openai"
 
@@ -58,12 +61,14 @@ class OpenAIBackend:
         except ImportError:
             raise MissingExtraError("the OpenAI-compatible (frontier) backend", "frontier", "openai") from None
         self._openai = openai
-        self.base_url = base_url or "https://api.openai.com/v1"
+        self.base_url = base_url or OFFICIAL_URL
         self.api_key_env = api_key_env
         self.prices = dict(prices or {})
         self.retry = retry or RetryPolicy()
         key = api_key if api_key is not None else os.environ.get(api_key_env)
-        self._has_key = bool(key)
+        # api.openai.com always wants a key; a local OpenAI-compatible server (vLLM, llama.cpp's
+        # server) often wants none, so there a missing key is the server's to refuse
+        self._has_key = bool(key) or not self.base_url.startswith(OFFICIAL_URL)
         # The SDK's own retries are off: tenacity decides, so every backend retries alike.
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
