@@ -183,3 +183,29 @@ async def test_live_frontier() -> None:
     )
     assert isinstance(reply.parsed, Ticket)
     await b.aclose()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"logprobs": "junk"},
+        {"logprobs": {"content": [{"token": 5, "logprob": "NaN"}]}},
+        {"message": {"role": "assistant", "content": {"not": "text"}}},
+    ],
+    ids=["logprobs-not-an-object", "logprob-items-wrong", "content-not-text"],
+)
+async def test_a_reply_off_the_documented_shape_is_a_server_error_or_no_evidence(
+    server: FakeServer, fast_retry: RetryPolicy, broken: dict[str, object]
+) -> None:
+    body = completion('{"category": "ORDER", "order_id": "1"}')
+    choice = body["choices"][0]  # type: ignore[index]
+    choice.update(broken)
+    body["usage"] = {"prompt_tokens": "many", "completion_tokens": None}
+    server.always("/v1/chat/completions", Answer(body=body))
+    try:
+        reply = await backend(server, fast_retry).chat(request(output_schema=Ticket, logprobs=True))
+    except ServerError as exc:
+        assert "not text" in str(exc)
+    else:
+        assert reply.parsed == Ticket(category="ORDER", order_id="1")
+        assert reply.usage.input_tokens == 0

@@ -132,14 +132,18 @@ class OpenAIBackend:
         if not completion.choices:
             raise ServerError(f"{self.base_url} answered with no choices for model '{request.model}'")
         choice = completion.choices[0]
-        text = choice.message.content or ""
+        # the SDK builds its objects without validating them: a server that breaks the documented
+        # shape (content not a string, logprobs not an object) must not raise anything but ServerError
+        text = getattr(choice.message, "content", None) or ""
+        if not isinstance(text, str):
+            raise ServerError(f"{self.base_url} sent message content of type {type(text).__name__}, not text")
         usage = Usage(
-            input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
-            output_tokens=completion.usage.completion_tokens if completion.usage else 0,
+            input_tokens=_count(getattr(completion.usage, "prompt_tokens", 0)),
+            output_tokens=_count(getattr(completion.usage, "completion_tokens", 0)),
         )
         reply = Reply(
             text=text,
-            logprobs=token_logprobs(choice.logprobs.content if choice.logprobs else None),
+            logprobs=token_logprobs(getattr(choice.logprobs, "content", None)),
             usage=usage,
             latency_s=latency,
             model=request.model,
@@ -236,3 +240,8 @@ def _detail(exc: Any) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
     return str(getattr(exc, "message", exc))
+
+
+def _count(value: object) -> int:
+    """A token count as the server gave it, or 0 when it gave none or nonsense."""
+    return value if isinstance(value, int) and value >= 0 else 0
