@@ -43,7 +43,9 @@ def build(shoal: Shoal) -> Any:
 
     graph = StateGraph(Parent)
     graph.add_node("prepare", prepare)
-    graph.add_node("shoal", shoal.task_graph())  # a plain compiled LangGraph graph
+    # a plain compiled LangGraph graph; it carries the shoal's runtime (its nodes' context), so
+    # this graph needs no context of its own for it
+    graph.add_node("shoal", shoal.task_graph())
     graph.add_node("report", report)
     graph.add_edge(START, "prepare")
     graph.add_edge("prepare", "shoal")

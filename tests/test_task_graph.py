@@ -4,6 +4,7 @@ on one database, and bad input."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -14,12 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
 
-from shoal.agents.planner import PlanError
+from shoal.agents.escalation import Budget, LadderConfig
+from shoal.agents.planner import Plan, PlanError, Planner
 from shoal.config import Settings, SpecialistSettings
-from shoal.engine import Shoal, TaskError
+from shoal.engine import Shoal
+from shoal.errors import TaskError
+from shoal.graphs import nodes
+from shoal.graphs.state import RunState, StepOutcome, StepPayload
+from shoal.graphs.task import TaskRuntime, record_call
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
+from shoal.specialists.classifier import Classifier
 from shoal.store import Store
 
 TICKET = "Ticket from Anna (anna@example.com): my order 70012345 arrived broken and I want a refund."
@@ -393,3 +402,141 @@ async def test_parallel_branches_joins_and_chains_run_each_step_once(tmp_path: P
     assert len(backend.requests) == 7, "every step ran exactly once"
     joined = json.loads(shoal.store.finished_step(report.run_id, "j").input_json)["text"]  # type: ignore[union-attr]
     assert "[a3, classifier]" in joined and "[b, classifier]" in joined
+
+
+# --- nodes alone, with a context built by hand ------------------------------------------------
+
+
+def task_runtime(db: Path, *answers: str) -> tuple[TaskRuntime, ScriptedBackend]:
+    """The nodes' dependencies without an engine: a store, a scripted model, two specialists."""
+    backend = ScriptedBackend(list(answers))
+    router = ModelRouter(lambda _: backend)
+    router.recorder = record_call  # calls land with the step that made them, as in the engine
+    classifier = Classifier(router, "scripted:small", ["ORDER", "REFUND", "OTHER"], threshold=0.0)
+    planner = Planner(router, "scripted:plan", {"classifier": "assigns a category label"}, threshold=0.0)
+    ctx = TaskRuntime(
+        store=Store(db),
+        planner=planner,
+        specialists={"classifier": classifier},
+        ladder_config=lambda name, threshold: LadderConfig(threshold=threshold, human=False),
+        budget=lambda run_id: Budget(),
+    )
+    return ctx, backend
+
+
+CHAIN3 = {
+    "steps": [
+        {"id": "a", "specialist": "classifier", "instruction": "category", "inputs": ["task"]},
+        {"id": "b", "specialist": "classifier", "instruction": "again", "inputs": ["a"]},
+        {"id": "c", "specialist": "classifier", "instruction": "joined", "inputs": ["a", "b"]},
+    ]
+}
+
+
+async def test_a_step_node_runs_alone_and_launches_its_successor(tmp_path: Path) -> None:
+    ctx, backend = task_runtime(tmp_path / "shoal.db", '{"label": "REFUND"}')
+    ctx.store.create_run("r1", TICKET)
+    payload = StepPayload(run_id="r1", task=TICKET, plan=CHAIN3, step=CHAIN3["steps"][0], upstream={})
+    command = await nodes.step(payload, Runtime(context=ctx))
+    assert isinstance(command.update, dict)
+    done = command.update["results"]["a"]
+    assert done["output"]["label"] == "REFUND" and done["answered_by"] == "specialist"
+    assert command.update["running"] == {"a": None, "b": True}
+    # b reads only a: launched at once; c also reads b, so a wakes dispatch for it as well
+    sends = [g for g in command.goto if isinstance(g, Send)]  # type: ignore[union-attr]
+    assert [s.arg["step"]["id"] for s in sends] == ["b"] and sends[0].arg["upstream"] == {"a": done}
+    assert "dispatch" in command.goto  # type: ignore[operator]
+    row = ctx.store.finished_step("r1", "a")
+    assert row is not None and row.status == "done" and json.loads(row.output_json or "{}")["label"] == "REFUND"
+    assert [c.step_id for c in ctx.store.model_calls("r1")] == ["a"] and len(backend.requests) == 1
+    # called again (a resumed run), it reuses the row instead of asking the model twice
+    again = await nodes.step(payload, Runtime(context=ctx))
+    assert isinstance(again.update, dict) and again.update["results"]["a"] == done
+    assert len(backend.requests) == 1
+    ctx.store.close()
+
+
+async def test_the_plan_node_runs_alone_and_records_its_step_like_any_other(tmp_path: Path) -> None:
+    ctx, _ = task_runtime(tmp_path / "shoal.db", json.dumps(CHAIN3))
+    ctx.store.create_run("r2", TICKET)
+    update = await nodes.plan(RunState(run_id="r2", task=TICKET, plan=None), Runtime(context=ctx))
+    assert Plan.model_validate(update["plan"]) == Plan.model_validate(CHAIN3)
+    run = ctx.store.get_run("r2")
+    assert run is not None and json.loads(run.plan_json or "{}") == update["plan"]
+    row = ctx.store.finished_step("r2", "plan")
+    assert row is not None and row.specialist == "planner" and row.status == "done"
+    assert row.answered_by == "specialist" and row.confidence is not None
+    assert [c.step_id for c in ctx.store.model_calls("r2")] == ["plan"]
+    ctx.store.close()
+
+
+async def test_dispatch_and_compose_run_alone_on_the_state() -> None:
+    state = RunState(run_id="r3", task=TICKET, plan=CHAIN3, results={}, waiting={}, running={})
+    first = await nodes.dispatch(state)
+    assert [s.arg["step"]["id"] for s in first.goto] == ["a"]  # type: ignore[union-attr]
+    assert first.update == {"running": {"a": True}}
+    outcome = StepOutcome(
+        step_id="a", specialist="classifier", status="done", output={"label": "ORDER"}, text="", confidence=1.0,
+        answered_by="specialist",
+    )  # fmt: skip
+    results = {sid: {**outcome, "step_id": sid} for sid in ("a", "b", "c")}
+    assert (await nodes.dispatch(RunState(**{**state, "results": results}))).goto == "compose"  # type: ignore[typeddict-item]
+    composed = await nodes.compose(RunState(**{**state, "results": results}))  # type: ignore[typeddict-item]
+    assert composed["answer"]["answer"] == {"c": {"label": "ORDER"}}
+    assert set(composed["answer"]["steps"]) == {"a", "b", "c"}
+
+
+def keyed_by(run_id: str) -> list[Any]:
+    """Every live dict with the run's id as a key and every live set holding it."""
+    gc.collect()
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, dict | set | frozenset) and run_id in obj:
+                found.append(obj)
+        except TypeError:  # an unhashable key type somewhere
+            continue
+    return found
+
+
+@pytest.mark.parametrize("fails", ["planner", "step"])
+async def test_a_failed_run_leaves_no_per_run_entry_behind(tmp_path: Path, fails: str) -> None:
+    from shoal.errors import BackendUnavailableError
+
+    down = BackendUnavailableError("cannot reach Ollama")
+    answers: list[Any] = [down] if fails == "planner" else ['{"label": "ORDER"}', down]
+    shoal, _ = scripted_shoal(tmp_path / "shoal.db", *answers)
+    with pytest.raises(BackendUnavailableError):
+        await shoal.run(TICKET, plan=None if fails == "planner" else CHAIN3)
+    (run,) = shoal.store.list_runs()
+    assert run.status == "failed"
+    assert run.id not in shoal._fresh and run.id not in shoal._budgets
+    assert keyed_by(run.id) == []
+    await shoal.aclose()
+
+
+async def test_the_task_graph_as_a_subgraph_carries_its_runtime_through_a_review(tmp_path: Path) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, StateGraph
+
+    s = settings(tmp_path / "shoal.db", threshold=1.0)  # every answer goes to a person
+    s.default_model = "scripted:small"
+    backend = ScriptedBackend(lambda request: '{"label": "ORDER"}')
+    shoal = Shoal(s, router=ModelRouter(lambda _: backend))
+    parent: StateGraph[RunState, Any] = StateGraph(RunState)
+    parent.add_node("shoal", shoal.task_graph())
+    parent.add_edge(START, "shoal")
+    parent.add_edge("shoal", END)
+    graph = parent.compile(checkpointer=InMemorySaver())
+    config: Any = {"configurable": {"thread_id": "t"}}
+    plan = {"steps": [TWO["steps"][0]]}
+    # a parent with a context of its own: shoal's nodes still get theirs
+    first = await graph.ainvoke({"run_id": "sub1", "task": TICKET, "plan": plan}, config, context={"mine": 1})
+    (pending,) = first["__interrupt__"]
+    assert pending.value["step_id"] == "kind" and shoal.store.reviews()[0].step_id == "kind"
+    answer = {"label": "REFUND", "labels": ["REFUND"]}
+    shoal.store.answer_review(pending.value["review_id"], answer, "tester")
+    done = await graph.ainvoke(Command(resume={pending.id: {"answer": answer}}), config)
+    assert done["answer"]["answer"]["kind"]["label"] == "REFUND"
+    assert len(backend.requests) == 1, "the resumed subgraph did not ask the model again"
+    await shoal.aclose()
