@@ -510,7 +510,7 @@ async def test_a_failed_run_leaves_no_per_run_entry_behind(tmp_path: Path, fails
         await shoal.run(TICKET, plan=None if fails == "planner" else CHAIN3)
     (run,) = shoal.store.list_runs()
     assert run.status == "failed"
-    assert run.id not in shoal._fresh and run.id not in shoal._budgets
+    assert run.id not in shoal.wiring.fresh and run.id not in shoal.wiring._budgets
     assert keyed_by(run.id) == []
     await shoal.aclose()
 

@@ -49,7 +49,6 @@ async def test_runs_screen_lists_and_filters_runs(tmp_path: Path) -> None:
     await shoal.run("A second ticket about order 70012345", plan=PLAN)
     shoal.settings.specialists["classifier"] = SpecialistSettings(threshold=1.0)
     shoal.specialists = shoal.default_specialists()
-    shoal._graphs.clear()
     waiting = await shoal.run("A third one, refund for 70012345", plan=PLAN)
     assert waiting.status == "waiting"
     app = ShoalApp(shoal.settings, engine=shoal)

@@ -1,0 +1,38 @@
+"""`Shoal`, the engine: one object per process that owns the store, the checkpointer and the
+wiring, and that the faces (CLI, TUI, your code) call. It is a thin facade over parts that each do
+one job:
+
+- `wiring.py`: settings -> specialists, planner, ladders, budgets, compiled graphs
+- `runs.py`: start, continue, answer and close runs (the only code that invokes a graph)
+- `heads.py`: trained classifier heads: attach, train, activate
+- `admin.py`: backend health, Ollama pulls, how each specialist is set up
+- tickets: `shoal.tickets.triage.TicketDesk`, handed the run driver
+
+```python
+from shoal import Shoal
+
+shoal = Shoal.from_config()
+report = shoal.run_sync("Ticket: order 123 arrived broken. Categorise it and get the order id.")
+print(report.status, report.answer)
+```
+"""
+
+from shoal.engine.admin import SpecialistSetup
+from shoal.engine.facade import Shoal
+from shoal.engine.reports import HeadSummary, ReviewItem, RunReport
+from shoal.engine.runs import check_task
+from shoal.engine.wiring import Entities
+from shoal.errors import TaskError
+from shoal.tickets.triage import TicketOutcome
+
+__all__ = [
+    "Entities",
+    "HeadSummary",
+    "ReviewItem",
+    "RunReport",
+    "Shoal",
+    "SpecialistSetup",
+    "TaskError",
+    "TicketOutcome",
+    "check_task",
+]

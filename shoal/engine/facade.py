@@ -1,0 +1,239 @@
+"""The `Shoal` facade: construction, the calls the faces make, and closing. Every method is one
+line into the part that does the work (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from langgraph.types import Command
+
+from shoal.agents.escalation import Budget, LadderConfig
+from shoal.agents.planner import Plan, Planner
+from shoal.backends import build_router
+from shoal.config import Settings
+from shoal.engine import admin
+from shoal.engine.reports import HeadSummary, RunReport
+from shoal.engine.runs import RunDriver
+from shoal.engine.wiring import TASK, Specialists, Wiring, default_specialists
+from shoal.evaluation import Labelled
+from shoal.graphs.task import record_call
+from shoal.models.base import BackendHealth
+from shoal.models.embeddings import Embedder
+from shoal.models.router import ModelRouter
+from shoal.specialists.classifier import Classifier
+from shoal.specialists.heads import MIN_PER_LABEL
+from shoal.store.db import Store, StoreLedger
+from shoal.tickets.files import BadRow, TicketRow
+from shoal.tickets.triage import WORKFLOW as TICKETS
+from shoal.tickets.triage import TicketDesk, TicketOutcome
+from shoal.training import Progress as TrainProgress
+from shoal.training import TrainReport
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+    from shoal.engine.admin import SpecialistSetup
+    from shoal.models.ollama import PullProgress
+
+T = TypeVar("T")
+
+
+class Shoal:
+    """The engine. One per process: it owns the database connection and the checkpointer."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        router: ModelRouter | None = None,
+        specialists: Specialists | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        self.router = router or build_router(self.settings)
+        self.router.recorder = record_call
+        self.store = store or Store(self.settings.db_path)
+        self.wiring = Wiring(self.settings, self.router, self.store, specialists)
+        self.runs = RunDriver(self.wiring)
+        self.tickets = TicketDesk(self.store, self.settings, self.runs)
+        self.runs.on_finish[TICKETS] = self.tickets.finish
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None) -> Shoal:
+        return cls(Settings.load(path))
+
+    async def __aenter__(self) -> Shoal:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    # --- what the parts hold ----------------------------------------------------------------
+
+    @property
+    def specialists(self) -> Specialists:
+        return self.wiring.specialists
+
+    @specialists.setter
+    def specialists(self, chosen: Specialists) -> None:
+        # read at each run (the graph's context is built per run), so a swap takes effect at once
+        self.wiring.specialists = chosen
+
+    @property
+    def planner(self) -> Planner:
+        return self.wiring.planner
+
+    @property
+    def ledger(self) -> StoreLedger:
+        return self.wiring.ledger
+
+    def default_specialists(self) -> Specialists:
+        return default_specialists(self.router, self.settings)
+
+    def ticket_specialists(self) -> Specialists:
+        return self.wiring.ticket_specialists()
+
+    def ladder_config(self, name: str, threshold: float) -> LadderConfig:
+        return self.wiring.ladder_config(name, threshold)
+
+    def budget(self, run_id: str) -> Budget:
+        return self.wiring.budget(run_id)
+
+    async def graph(self, workflow: str = TASK) -> CompiledStateGraph[Any, Any, Any, Any]:
+        return await self.wiring.graph(workflow)
+
+    def task_graph(self, checkpointer: Any = None) -> Any:
+        """The task graph compiled as a plain LangGraph graph, e.g. to use as a subgraph.
+
+        Without a checkpointer it uses its parent's. Its state: `run_id`, `task`, optionally
+        `plan`; the answer lands in `answer`. Steps are recorded in this Shoal's store. Its
+        nodes read this Shoal's `TaskRuntime` as their LangGraph context, and the graph
+        returned here carries it: a parent graph passes no `context=` for it (and its own
+        context, if it has one, does not reach shoal's nodes).
+        """
+        return self.wiring.task_graph(checkpointer)
+
+    # --- runs -------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        task: str | bytes,
+        *,
+        plan: Plan | dict[str, Any] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> RunReport:
+        """Plan (unless a plan is given) and run a task; returns when it is done or waits for a person.
+
+        `on_start` gets the run id as soon as the run exists (to show it, or to cancel it)."""
+        return await self.runs.run(task, plan=plan, on_start=on_start)
+
+    def run_sync(self, task: str | bytes, *, plan: Plan | dict[str, Any] | None = None) -> RunReport:
+        return asyncio.run(self.closing(self.run(task, plan=plan)))
+
+    async def resume(self, run_id: str) -> RunReport:
+        """Continue a run that crashed, was stopped, or waits on reviews answered meanwhile."""
+        return await self.runs.resume(run_id)
+
+    async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
+        """Answer a pending human decision and let its run go on at once."""
+        return await self.runs.review(review_id, answer, who=who)
+
+    async def drive(
+        self,
+        run_id: str,
+        state: dict[str, Any] | Command[Any] | None,
+        workflow: str | None = None,
+        *,
+        fresh: bool = False,
+    ) -> RunReport:
+        return await self.runs.drive(run_id, state, workflow, fresh=fresh)
+
+    def report(self, run_id: str) -> RunReport:
+        return self.runs.report(run_id)
+
+    # --- tickets ----------------------------------------------------------------------------
+
+    async def triage_ticket(self, row: TicketRow | BadRow, *, source: str = "", force: bool = False) -> TicketOutcome:
+        """Triage one ticket (see `TicketDesk.triage_ticket`)."""
+        return await self.tickets.triage_ticket(row, source=source, force=force)
+
+    async def triage(
+        self,
+        rows: Iterable[TicketRow | BadRow],
+        *,
+        source: str = "",
+        concurrency: int = 1,
+        force: bool = False,
+        on_ticket: Callable[[TicketOutcome], None] | None = None,
+        on_pause: Callable[[str, float], None] | None = None,
+    ) -> list[TicketOutcome]:
+        """Triage a batch (see `TicketDesk.triage`)."""
+        return await self.tickets.triage(
+            rows, source=source, concurrency=concurrency, force=force, on_ticket=on_ticket, on_pause=on_pause
+        )
+
+    # --- trained heads ----------------------------------------------------------------------
+
+    def embedder(self, key: str) -> Embedder:
+        return self.wiring.heads.embedder(key)
+
+    def attach_heads(self, specialists: Specialists) -> None:
+        self.wiring.heads.attach(specialists)
+
+    def trainable(self, key: str) -> Classifier:
+        return self.wiring.heads.trainable(key)
+
+    async def train(
+        self,
+        key: str,
+        *,
+        files: Sequence[Labelled] = (),
+        holdout: float = 0.2,
+        min_per_label: int = MIN_PER_LABEL,
+        baseline: int = 200,
+        force: bool = False,
+        progress: TrainProgress | None = None,
+    ) -> TrainReport:
+        """(Re)train `key`'s head from `files` and stored examples; see `shoal.training`."""
+        return await self.wiring.heads.train(
+            key,
+            files=files,
+            holdout=holdout,
+            min_per_label=min_per_label,
+            baseline=baseline,
+            force=force,
+            progress=progress,
+        )
+
+    def heads(self) -> list[HeadSummary]:
+        return self.wiring.heads.summaries()
+
+    def activate_head(self, key: str, version: int) -> None:
+        self.wiring.heads.activate(key, version)
+
+    # --- backends ---------------------------------------------------------------------------
+
+    async def health(self) -> list[BackendHealth]:
+        return await admin.health(self.settings)
+
+    def pull(self, model: str) -> AsyncIterator[PullProgress]:
+        return admin.pull(self.settings, model)
+
+    def specialist_settings(self) -> list[SpecialistSetup]:
+        return admin.specialist_setups(self.wiring)
+
+    # --- closing ----------------------------------------------------------------------------
+
+    async def closing(self, work: Awaitable[T]) -> T:
+        """Await `work`, then close the engine (for one-shot callers such as the CLI)."""
+        try:
+            return await work
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.wiring.aclose()
+        await self.router.aclose()

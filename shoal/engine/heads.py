@@ -1,0 +1,143 @@
+"""Trained heads: which classifier answers from one, training new ones, and choosing the active one.
+
+A classifier answers by prompting until `shoal train` (or a `head =` file in its settings) gives it
+a head; `[specialists.NAME] mode` says which. Heads live in the store, so a head trained in one
+process is picked up by the next.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shoal.config import Settings, SpecialistSettings
+from shoal.engine.reports import HeadSummary
+from shoal.errors import ConfigError
+from shoal.evaluation import Labelled
+from shoal.models.embeddings import Embedder
+from shoal.models.router import ModelRouter
+from shoal.specialists.base import Specialist
+from shoal.specialists.classifier import Classifier
+from shoal.specialists.heads import MIN_PER_LABEL, TrainedHead
+from shoal.store.db import Store
+from shoal.training import Progress as TrainProgress
+from shoal.training import TrainReport, load_head, train_head
+
+Specialists = dict[str, Specialist[Any, Any]]
+
+
+class HeadDesk:
+    def __init__(
+        self, settings: Settings, router: ModelRouter, store: Store, specialists: Callable[[], Specialists]
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self._specialists = specialists  # every specialist of every workflow, built on first use
+        self._embedders: dict[str, Embedder] = {}
+        self._attached: set[str] = set()
+
+    def embedder(self, key: str) -> Embedder:
+        """The embedder a specialist's head reads, caching vectors in the store."""
+        if key not in self._embedders:
+            self._embedders[key] = Embedder(self.router, self.settings.embed_model_for(key), cache=self.store)
+        return self._embedders[key]
+
+    def attach(self, specialists: Specialists) -> None:
+        """Give each classifier its trained head, as `[specialists.NAME] mode` says."""
+        for key, specialist in specialists.items():
+            if not isinstance(specialist, Classifier) or key in self._attached:
+                continue
+            chosen = self.settings.specialists.get(key, SpecialistSettings())
+            head = None if chosen.mode == "prompt" else self._head_for(key, chosen)
+            if head is not None:
+                specialist.use_head(head, self.embedder(key))
+            self._attached.add(key)
+
+    def _head_for(self, key: str, chosen: SpecialistSettings) -> TrainedHead | None:
+        if chosen.head is not None:
+            try:
+                blob = chosen.head.expanduser().read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"[specialists.{key}] head = {str(chosen.head)!r} cannot be read: {exc}") from None
+            return TrainedHead.from_bytes(blob, where=str(chosen.head))
+        row = self.store.active_head(key)
+        if row is None:
+            if chosen.mode == "trained":
+                raise ConfigError(
+                    f'[specialists.{key}] mode = "trained" but no head is trained for {key}: run '
+                    f'`shoal train {key} --data FILE`, or set mode = "auto" to prompt until one is'
+                )
+            return None
+        return load_head(row)
+
+    def trainable(self, key: str) -> Classifier:
+        every = self._specialists()
+        found = every.get(key)
+        if found is None:
+            known = sorted(k for k, s in every.items() if isinstance(s, Classifier))
+            raise ConfigError(f"no specialist named {key!r}; the classifiers are: {', '.join(known)}")
+        if not isinstance(found, Classifier):
+            raise ConfigError(f"{key} is a {type(found).__name__}; only classifiers can be trained")
+        return found
+
+    async def train(
+        self,
+        key: str,
+        *,
+        files: Sequence[Labelled] = (),
+        holdout: float = 0.2,
+        min_per_label: int = MIN_PER_LABEL,
+        baseline: int = 200,
+        force: bool = False,
+        progress: TrainProgress | None = None,
+    ) -> TrainReport:
+        """(Re)train `key`'s head from `files` and stored examples; see `shoal.training`."""
+        classifier = self.trainable(key)
+        self.attach({key: classifier})  # the active head, if any, is what the new one must beat
+        report, head = await train_head(
+            classifier,
+            key,
+            store=self.store,
+            embedder=self.embedder(key),
+            files=files,
+            holdout=holdout,
+            min_per_label=min_per_label,
+            baseline=baseline,
+            force=force,
+            progress=progress,
+        )
+        chosen = self.settings.specialists.get(key, SpecialistSettings())
+        if report.activated and chosen.head is None and chosen.mode != "prompt":
+            classifier.use_head(head, self.embedder(key))
+            self._attached.add(key)
+        return report
+
+    def summaries(self) -> list[HeadSummary]:
+        """Every trained head, for `shoal models` and the TUI."""
+        out = []
+        for row in self.store.heads():
+            metrics = json.loads(row.metrics_json or "{}")
+            out.append(
+                HeadSummary(
+                    specialist=row.specialist,
+                    version=row.version,
+                    active=row.active,
+                    embed_model=row.embed_model,
+                    labels=len(json.loads(row.labels_json or "[]")),
+                    examples=row.n_examples,
+                    created_at=row.created_at,
+                    after=metrics.get("after"),
+                    before=metrics.get("before"),
+                )
+            )
+        return out
+
+    def activate(self, key: str, version: int) -> None:
+        """Make a stored head version the active one, here and for processes started later."""
+        classifier = self.trainable(key)
+        row = self.store.activate_head(key, version)
+        if self.settings.specialists.get(key, SpecialistSettings()).mode != "prompt":
+            classifier.use_head(load_head(row), self.embedder(key))
+            self._attached.add(key)

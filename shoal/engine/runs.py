@@ -1,0 +1,206 @@
+"""The run driver: start, continue, answer and close runs of the task graph.
+
+A run is a row in the store plus a LangGraph thread. This module is the only place that invokes
+a graph and the only place that decides how a run ended (done, waiting for a person, failed, or
+stopped by Ctrl-C or cancellation), so `shoal resume` always finds the row it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from langgraph.types import Command
+
+from shoal.agents.planner import Plan, PlanError
+from shoal.engine.reports import ReviewItem, RunReport
+from shoal.engine.wiring import TASK, Wiring
+from shoal.errors import ShoalError, StoreError, TaskError
+from shoal.inputs import check_text
+
+# called on the store's thread when a run of a workflow ends: (run id, status)
+OnFinish = Callable[[str, str], None]
+
+_TASK_LIMIT_HINT = "split it, or raise max_task_chars in shoal.toml (small models read a few thousand tokens at most)"
+
+
+def check_task(task: str | bytes, limit: int) -> str:
+    """Refuse what cannot be a task before anything is written."""
+    return check_text(task, limit, what="task", raise_hint=_TASK_LIMIT_HINT)
+
+
+class RunDriver:
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+        self.store = wiring.store
+        self.settings = wiring.settings
+        self.on_finish: dict[str, OnFinish] = {}
+
+    async def run(
+        self,
+        task: str | bytes,
+        *,
+        plan: Plan | dict[str, Any] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> RunReport:
+        """Plan (unless a plan is given) and run a task; returns when it is done or waits for a person."""
+        text = check_task(task, self.settings.max_task_chars)
+        chosen = None
+        if plan is not None:
+            chosen = Plan.model_validate(plan).check(list(self.wiring.specialists), self.settings.max_plan_steps)
+        run_id = uuid.uuid4().hex[:12]
+        plan_json = None if chosen is None else chosen.model_dump_json()
+        await self.store.offload(self.store.create_run, run_id, text, plan_json=plan_json)
+        state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
+        if on_start is not None:
+            on_start(run_id)
+        return await self.drive(run_id, state, fresh=True)
+
+    async def resume(self, run_id: str) -> RunReport:
+        """Continue a run that crashed, was stopped, or waits on reviews answered meanwhile."""
+        run = await self.store.offload(self.store.find_run, run_id)
+        if run.status == "done":
+            return await self.store.offload(self.report, run.id)
+        graph = await self.wiring.graph(run.workflow)
+        snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
+        if snapshot.next:
+            return await self.drive(run.id, None)
+        state = {"run_id": run.id, "task": run.task, "plan": json.loads(run.plan_json) if run.plan_json else None}
+        return await self.drive(run.id, state)
+
+    async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
+        """Answer a pending human decision and let its run go on at once."""
+        row = await self.store.offload(self.store.get_review, review_id)
+        if row.status != "pending":
+            raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
+        validated = self.validate_answer(row.specialist, answer)
+        await self.store.offload(self.store.answer_review, review_id, validated, who)
+        run = await self.store.offload(self.store.find_run, row.run_id)
+        graph = await self.wiring.graph(run.workflow)
+        snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
+        resume: dict[str, Any] = {}
+        for pending in snapshot.interrupts:
+            if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
+                resume[pending.id] = {"answer": validated, "who": who}
+        return await self.drive(row.run_id, Command(resume=resume) if resume else None)
+
+    def validate_answer(self, specialist: str, answer: Any) -> Any:
+        """A person's answer as the specialist's output, or TaskError saying why it does not fit."""
+        if specialist == "planner":
+            known_steps = list(self.wiring.specialists)
+            return Plan.model_validate(answer).check(known_steps, self.settings.max_plan_steps).model_dump()
+        known = self.wiring.specialists.get(specialist) or self.wiring.ticket_specialists().get(specialist)
+        if known is None:
+            raise TaskError(f"no specialist '{specialist}' in this shoal to check the answer against")
+        output_type = known.output_type
+        if isinstance(answer, str) and "label" in output_type.model_fields:
+            answer = {"label": answer, "labels": [answer]}
+        try:
+            output = output_type.model_validate(answer)
+            known.check_answer(output)
+            return output.model_dump(mode="json")
+        except ValueError as exc:
+            raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
+
+    async def drive(
+        self,
+        run_id: str,
+        state: dict[str, Any] | Command[Any] | None,
+        workflow: str | None = None,
+        *,
+        fresh: bool = False,
+    ) -> RunReport:
+        """Start or continue a run's graph and record how it ended. `state`: a new run's first
+        state, a Command answering its interrupts, or None to go on from its checkpoint;
+        `fresh`: the run was just created here, so its steps have no rows to look up."""
+        if fresh:
+            self.wiring.fresh.add(run_id)
+        try:
+            if workflow is None:
+                run = await self.store.offload(self.store.get_run, run_id)
+                workflow = run.workflow if run is not None else TASK
+            return await self._invoke(workflow, run_id, state)
+        finally:
+            self.wiring.fresh.discard(run_id)  # from here on its rows exist and must be looked up
+
+    async def _invoke(self, workflow: str, run_id: str, state: dict[str, Any] | Command[Any] | None) -> RunReport:
+        graph = await self.wiring.graph(workflow)
+        config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 200}
+        started = time.perf_counter()
+        context = self.wiring.runtime(workflow)
+        if run_id not in self.wiring.fresh:  # a new run's row already says so
+            await self.store.offload(self.store.update_run, run_id, status="running", owner_pid=os.getpid(), error=None)
+        try:
+            result = await graph.ainvoke(state, config, context=context, durability=self.settings.durability)
+        except (ShoalError, PlanError) as exc:
+            await self.store.offload(self._finish, run_id, "failed", started, error=str(exc))
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, cancellation, a bug: finished steps are saved; `shoal resume` goes on
+            await self._finish_stopped(run_id, started, exc)
+            raise
+        if result.get("__interrupt__"):
+            await self.store.offload(self._finish, run_id, "waiting", started)
+        else:
+            await self.store.offload(self._finish, run_id, "done", started, answer=result.get("answer"))
+            await self.store.offload(self.store.prune_checkpoints, run_id)
+        return await self.store.offload(self.report, run_id)
+
+    async def _finish_stopped(self, run_id: str, started: float, exc: BaseException) -> None:
+        """Record a run stopped by Ctrl-C, cancellation or an unexpected error, even while this
+        task is being cancelled (the record is what lets `shoal resume` go on)."""
+        write = asyncio.ensure_future(
+            self.store.offload(self._finish, run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
+        )
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait({write})
+
+    def _finish(
+        self, run_id: str, status: str, started: float, *, error: str | None = None, answer: Any = None
+    ) -> None:
+        workflow = self.store.finish_run(
+            run_id,
+            status,
+            time.perf_counter() - started,
+            error=error,
+            result_json=None if answer is None else json.dumps(answer, ensure_ascii=False),
+        )
+        if status in ("done", "failed"):
+            self.wiring.drop_budget(run_id)  # a waiting run keeps its budget for after the review
+        hook = self.on_finish.get(workflow)
+        if hook is not None:
+            hook(run_id, status)
+
+    def report(self, run_id: str) -> RunReport:
+        """A run as it stands in the store (a plain read: callable from any thread)."""
+        run = self.store.find_run(run_id)
+        reviews = [
+            ReviewItem(
+                id=r.id or 0,
+                run_id=r.run_id,
+                step_id=r.step_id,
+                specialist=r.specialist,
+                question=json.loads(r.question_json),
+            )
+            for r in self.store.reviews(status="pending", run_id=run.id)
+        ]
+        return RunReport(
+            run_id=run.id,
+            status=run.status,
+            answer=json.loads(run.result_json) if run.result_json else None,
+            error=run.error,
+            reviews=reviews,
+            model_calls=run.model_calls,
+            escalations=run.escalations,
+            tokens_in=run.tokens_in,
+            tokens_out=run.tokens_out,
+            cost_usd=run.cost_usd,
+            seconds=run.seconds,
+        )

@@ -1,0 +1,192 @@
+"""Wiring: from settings to the things a run uses. The specialists of each workflow, the planner,
+each specialist's escalation ladder and each run's frontier budget, and the compiled graphs over
+the process's one checkpointer.
+
+Built once per engine; a run only reads it, through the `TaskRuntime` its graph's nodes get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from pydantic import BaseModel, Field
+
+from shoal.agents.escalation import Budget, LadderConfig
+from shoal.agents.planner import DESCRIPTIONS, Planner
+from shoal.config import Settings
+from shoal.engine.heads import HeadDesk
+from shoal.graphs.task import TaskRuntime, build_task_graph, task_subgraph
+from shoal.models.router import ModelRouter
+from shoal.specialists.base import Specialist
+from shoal.specialists.classifier import Classifier
+from shoal.specialists.coder import Coder
+from shoal.specialists.extractor import Extractor
+from shoal.specialists.summarizer import Summarizer
+from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreLedger
+from shoal.tickets.plan import ticket_specialists
+from shoal.tickets.triage import WORKFLOW as TICKETS
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+Specialists = dict[str, Specialist[Any, Any]]
+TASK = "task"
+
+
+class Entities(BaseModel):
+    """What the general-purpose extractor pulls out of text."""
+
+    names: list[str] = Field(default_factory=list, max_length=5, description="people and organisations named")
+    ids: list[str] = Field(default_factory=list, max_length=5, description="order, invoice, account or ticket numbers")
+    emails: list[str] = Field(default_factory=list, max_length=5, description="email addresses")
+    amounts: list[str] = Field(default_factory=list, max_length=5, description="money amounts with currency")
+    dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
+
+
+def default_specialists(router: ModelRouter, settings: Settings) -> Specialists:
+    """The task workflow's specialists, as configured."""
+    s = settings
+    return {
+        "classifier": Classifier(
+            router,
+            s.model_for("classifier"),
+            s.classifier_labels,
+            threshold=s.threshold_for("classifier", Classifier.default_threshold),
+        ),
+        "extractor": Extractor(
+            router,
+            s.model_for("extractor"),
+            Entities,
+            threshold=s.threshold_for("extractor", Extractor.default_threshold),
+        ),
+        "summarizer": Summarizer(
+            router, s.model_for("summarizer"), threshold=s.threshold_for("summarizer", Summarizer.default_threshold)
+        ),
+        "coder": Coder(router, s.model_for("coder"), threshold=s.threshold_for("coder", Coder.default_threshold)),
+    }
+
+
+class Wiring:
+    def __init__(
+        self, settings: Settings, router: ModelRouter, store: Store, specialists: Specialists | None = None
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self.ledger = StoreLedger(store)
+        self.specialists = specialists or default_specialists(router, settings)
+        descriptions = {
+            name: DESCRIPTIONS.get(name, getattr(s, "description", name)) for name, s in self.specialists.items()
+        }
+        self.planner = Planner(
+            router,
+            settings.model_for("planner"),
+            descriptions,
+            max_steps=settings.max_plan_steps,
+            threshold=settings.threshold_for("planner", Planner.default_threshold),
+        )
+        self.heads = HeadDesk(settings, router, store, lambda: {**self.specialists, **self.ticket_specialists()})
+        # runs started by this process whose steps have no rows yet (nothing to look up)
+        self.fresh: set[str] = set()
+        self._budgets: dict[str, Budget] = {}
+        self._ladders: dict[tuple[str, float], LadderConfig] = {}
+        self._tickets: Specialists | None = None
+        self._exit = AsyncExitStack()
+        self._graphs: dict[str, CompiledStateGraph[Any, Any, Any, Any]] = {}
+        self._saver: AsyncSqliteSaver | None = None
+        self._lock = asyncio.Lock()
+
+    def ticket_specialists(self) -> Specialists:
+        if self._tickets is None:
+            self._tickets = ticket_specialists(self.router, self.settings)
+        return self._tickets
+
+    def workflow_specialists(self, workflow: str) -> Specialists:
+        return self.ticket_specialists() if workflow == TICKETS else self.specialists
+
+    def ladder_config(self, name: str, threshold: float) -> LadderConfig:
+        key = (name, threshold)
+        if key not in self._ladders:  # built once per specialist, not once per step
+            e = self.settings.escalation
+            self._ladders[key] = LadderConfig(
+                threshold=threshold,
+                resample=e.resample,
+                resample_temperature=e.resample_temperature,
+                frontier=self.settings.frontier_model,
+                frontier_unavailable=self._frontier_unavailable(),
+                human=e.human,
+            )
+        return self._ladders[key]
+
+    def _frontier_unavailable(self) -> str | None:
+        frontier = self.settings.frontier_model
+        openai = self.settings.openai
+        # api.openai.com always needs a key; a local server behind base_url may need none
+        official = bool(frontier and frontier.startswith("openai:")) and openai.base_url is None
+        if official and not os.environ.get(openai.api_key_env):
+            return f"{openai.api_key_env} is not set"
+        return None
+
+    def budget(self, run_id: str) -> Budget:
+        if run_id not in self._budgets:
+            e = self.settings.escalation
+            self._budgets[run_id] = Budget(
+                per_run_usd=e.frontier_per_run_usd, per_day_usd=e.frontier_per_day_usd, ledger=self.ledger
+            )
+        return self._budgets[run_id]
+
+    def drop_budget(self, run_id: str) -> None:
+        self._budgets.pop(run_id, None)
+
+    def runtime(self, workflow: str = TASK) -> TaskRuntime:
+        """What the task graph's nodes read (their LangGraph context) in a run of `workflow`."""
+        specialists = self.workflow_specialists(workflow)
+        self.heads.attach(specialists)
+        return TaskRuntime(
+            store=self.store,
+            planner=self.planner,
+            specialists=specialists,
+            ladder_config=self.ladder_config,
+            budget=self.budget,
+            ledger=self.ledger,
+            max_steps=self.settings.max_plan_steps,
+            fresh=self.fresh,
+        )
+
+    async def graph(self, workflow: str = TASK) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """A compiled graph with the SQLite checkpointer (one checkpointer per process)."""
+        async with self._lock:
+            if self._saver is None:
+                self._saver = await self._checkpointer()
+            if workflow not in self._graphs:
+                # named for its workflow: that is how a run knows which runtime to give it
+                self._graphs[workflow] = build_task_graph().compile(checkpointer=self._saver, name=workflow)
+            return self._graphs[workflow]
+
+    async def _checkpointer(self) -> AsyncSqliteSaver:
+        connecting = aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
+        # aiosqlite's worker thread would keep a script that never calls aclose() alive after its
+        # last await; as a daemon it does not (every write is awaited first)
+        worker = getattr(connecting, "_thread", None)
+        if worker is not None and not worker.is_alive():
+            worker.daemon = True
+        conn = await self._exit.enter_async_context(connecting)
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode=WAL")
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        return saver
+
+    def task_graph(self, checkpointer: Any = None) -> Any:
+        """The task graph as a plain LangGraph graph carrying this runtime (see `Shoal.task_graph`)."""
+        return task_subgraph(self.runtime(), checkpointer)
+
+    async def aclose(self) -> None:
+        await self._exit.aclose()
+        self._graphs.clear()
+        self._saver = None
