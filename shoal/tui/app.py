@@ -342,8 +342,8 @@ class ModelsScreen(Screen[None]):
     def action_refresh(self) -> None:
         table = self.query_one("#specialists", DataTable)
         table.clear()
-        for name, model, threshold, how in self.app.engine.specialist_settings():  # type: ignore[attr-defined]
-            table.add_row(name, model, f"{threshold:.2f}", how, key=name)
+        for setup in self.app.engine.specialist_settings():  # type: ignore[attr-defined]
+            table.add_row(setup.name, setup.model, f"{setup.threshold:.2f}", setup.how, key=setup.name)
         heads = self.query_one("#heads", DataTable)
         heads.clear()
         for h in self.app.engine.heads():  # type: ignore[attr-defined]
