@@ -17,7 +17,8 @@ pytest.importorskip("textual")
 
 from textual.widgets import DataTable, Input, Static, Tree
 
-from shoal.tui.app import ReviewScreen, RunScreen, RunsScreen, ShoalApp
+from shoal.tui.app import ShoalApp
+from shoal.tui.screens import ModelsScreen, ReviewScreen, RunScreen, RunsScreen
 
 PLAN = {
     "steps": [
@@ -123,8 +124,6 @@ async def test_a_wrong_answer_is_shown_and_nothing_changes(tmp_path: Path) -> No
 async def test_models_screen_edits_a_threshold_into_shoal_toml(tmp_path: Path) -> None:
     import tomllib
 
-    from shoal.tui.app import ModelsScreen
-
     config = tmp_path / "shoal.toml"
     config.write_text("# my settings\n[specialists.extractor]\nthreshold = 0.6  # keep this comment\n")
     settings = Settings.load(config, env={"SHOAL_DB": str(tmp_path / "shoal.db"), "OLLAMA_HOST": "127.0.0.1:9"})
@@ -224,8 +223,6 @@ async def test_models_screen_pulls_with_progress(tmp_path: Path, server: Any) ->
     from httpfake import Answer
     from textual.widgets import ProgressBar
 
-    from shoal.tui.app import ModelsScreen
-
     server.always("/api/tags", Answer(body={"models": []}))
     server.add(
         "/api/pull",
@@ -279,8 +276,6 @@ async def test_screens_on_runs_of_the_real_embedded_model(tmp_path: Path) -> Non
 
 
 async def test_command_palette_reaches_every_screen(tmp_path: Path) -> None:
-    from shoal.tui.app import ModelsScreen
-
     shoal = await filled(tmp_path, classifier_threshold=1.0)
     app = ShoalApp(shoal.settings, engine=shoal)
     async with app.run_test(size=(140, 40)) as pilot:
@@ -308,7 +303,6 @@ async def test_models_screen_lists_heads_and_activates_an_older_one(tmp_path: Pa
     from bitext import rows
 
     from shoal.evaluation import Labelled
-    from shoal.tui.app import ModelsScreen
 
     settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db"), "OLLAMA_HOST": "127.0.0.1:9"})
     # scripted embeddings: this test is about the screen, the real model is trained in test_heads

@@ -1,0 +1,90 @@
+"""Runs: every run and ticket batch item, newest first, refreshed every second."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Footer, Header, Static
+
+from shoal.tui.data import STATUSES, run_lines
+from shoal.tui.screens.run_detail import RunScreen
+from shoal.tui.widgets import ShoalScreen, keep_cursor, selected_key
+
+if TYPE_CHECKING:
+    from shoal.tui.core import Core
+
+
+class RunsScreen(ShoalScreen):
+    """Every run and ticket batch item, newest first, refreshed every second."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Open run"),
+        Binding("f", "filter", "Filter status"),
+        Binding("v", "app.reviews", "Review queue"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self.status_filter: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="filter-bar")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.add_columns("run", "workflow", "status", "steps", "escalations", "reviews", "cost", "task")
+        self.action_refresh()
+        self.set_interval(1.0, self.action_refresh)
+
+    def action_refresh(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        selected = selected_key(table)
+        table.clear()
+        for line in run_lines(self.store, self.status_filter):
+            table.add_row(
+                line.id,
+                line.workflow,
+                line.status,
+                f"{line.steps_done}/{line.steps}",
+                str(line.escalations),
+                str(line.reviews) if line.reviews else "",
+                f"${line.cost_usd:.4f}",
+                line.task,
+                key=line.id,
+            )
+        keep_cursor(table, selected)
+        shown = self.status_filter or "all"
+        self.query_one("#filter-bar", Static).update(f"status: {shown}  ({table.row_count} runs)  f: next filter")
+
+    def action_filter(self) -> None:
+        position = STATUSES.index(self.status_filter)
+        self.show_status(STATUSES[(position + 1) % len(STATUSES)])
+
+    def show_status(self, status: str | None) -> None:
+        self.status_filter = status
+        self.action_refresh()
+
+    def action_open(self) -> None:
+        run_id = selected_key(self.query_one("#runs", DataTable))
+        if run_id is not None:
+            self.app.push_screen(RunScreen(self.core, run_id))
+
+    @on(DataTable.RowSelected, "#runs")
+    def _open_row(self, event: DataTable.RowSelected) -> None:
+        self.app.push_screen(RunScreen(self.core, str(event.row_key.value)))
+
+    def commands(self) -> Iterable[SystemCommand]:
+        for status in STATUSES:
+            label = status or "all"
+            yield SystemCommand(
+                f"Show {label} runs", f"Filter the runs by status: {label}", partial(self.show_status, status)
+            )
