@@ -35,6 +35,16 @@ from shoal.models import (
     TokenLogprob,
     Usage,
 )
+from shoal.status import (
+    AnsweredBy,
+    EscalationOutcome,
+    LadderStatus,
+    ReviewStatus,
+    Rung,
+    RunStatus,
+    StepStatus,
+    TicketStatus,
+)
 
 __version__ = "0.1.0"
 
@@ -53,12 +63,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AnsweredBy",
     "AuthenticationError",
     "BackendUnavailableError",
     "CallRecord",
     "ChatRequest",
     "ConfigError",
+    "EscalationOutcome",
     "InvalidRequestError",
+    "LadderStatus",
     "Message",
     "MissingExtraError",
     "ModelBackend",
@@ -70,12 +83,17 @@ __all__ = [
     "PermanentModelError",
     "Reply",
     "RetryPolicy",
+    "ReviewStatus",
     "RunReport",
+    "RunStatus",
+    "Rung",
     "SchemaValidationError",
     "ServerError",
     "Settings",
     "Shoal",
     "ShoalError",
+    "StepStatus",
+    "TicketStatus",
     "TokenLogprob",
     "TransientModelError",
     "UnsupportedCPUError",

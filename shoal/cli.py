@@ -32,6 +32,7 @@ from shoal.backends import build_backend, build_router
 from shoal.config import Settings, find_config
 from shoal.errors import InputFileError, ShoalError
 from shoal.models.base import BACKENDS, ChatRequest, Message, ModelRef, RetryPolicy
+from shoal.status import ReviewStatus, RunStatus, TicketStatus
 
 app = typer.Typer(
     name="shoal",
@@ -204,7 +205,7 @@ def run(
     engine = _engine(config)
     report = engine.run_sync(text, plan=chosen)
     _print_report(report, as_json)
-    if report.status == "failed":
+    if report.status == RunStatus.FAILED:
         raise typer.Exit(1)
 
 
@@ -220,9 +221,7 @@ def resume(
 
 @app.command()
 def runs(
-    status: Annotated[
-        str | None, typer.Option(help="Only runs with this status (running, waiting, done, failed).")
-    ] = None,
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     config: ConfigOption = None,
 ) -> None:
@@ -351,7 +350,7 @@ def review(
     settings = _settings(config)
     if review_id is None:
         store = Store(settings.db_path)
-        pending = store.reviews(status="pending")
+        pending = store.reviews(status=ReviewStatus.PENDING)
         if not pending:
             console.print("no reviews waiting")
             return
@@ -438,7 +437,7 @@ def triage(
                 counts[outcome.status] += 1
             if outcome.escalated and not outcome.skipped:
                 counts["escalated"] += 1
-            if outcome.status in ("rejected", "failed"):
+            if outcome.status in (TicketStatus.REJECTED, TicketStatus.FAILED):
                 problems.append(f"{outcome.key} (line {outcome.line}): {outcome.status}: {outcome.error}")
             totals["tokens"] += outcome.tokens
             totals["cost"] += outcome.cost_usd

@@ -12,7 +12,7 @@ import pytest
 
 from shoal.config import Settings
 from shoal.store import Store
-from shoal.store.tables import Escalation, Review, Step
+from shoal.store.tables import EscalationRow, Review, Step
 from shoal.tui.app import ShoalApp
 
 SIZE = (130, 36)
@@ -101,7 +101,7 @@ def app_with_rows() -> ShoalApp:
             ),
             [call(run_id, "kind", {"label": "ORDER"}, (150, 6))],
             [
-                Escalation(
+                EscalationRow(
                     run_id=run_id,
                     step_id="kind",
                     specialist="classifier",

@@ -16,22 +16,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.errors import ModelError
 from shoal.models.base import ModelRef
 from shoal.specialists.base import Result, Signal, Specialist
+from shoal.status import AnsweredBy, EscalationOutcome, LadderStatus
+from shoal.status import Rung as Rung  # re-exported: the ladder's rungs were first defined here
 
 Out = TypeVar("Out", bound=BaseModel)
-
-
-class Rung(StrEnum):
-    RESAMPLE = "resample"
-    FRONTIER = "frontier"
-    HUMAN = "human"
 
 
 class Escalation(BaseModel):
@@ -42,7 +37,7 @@ class Escalation(BaseModel):
     confidence_after: float | None = None
     model: str | None = None
     cost_usd: float = 0.0
-    outcome: Literal["accepted", "rejected", "skipped", "pending"]
+    outcome: EscalationOutcome
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -115,15 +110,15 @@ class Budget:
 class Outcome(BaseModel, Generic[Out]):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    status: Literal["accepted", "escalated", "needs_human", "failed"]
-    answered_by: Literal["specialist", "resample", "frontier", "human"] | None
+    status: LadderStatus
+    answered_by: AnsweredBy | None  # never UNVERIFIED: that marks a step row, not a climb
     result: Result[Out]
     first: Result[Out]
     escalations: list[Escalation] = Field(default_factory=list)
 
     @property
     def output(self) -> Out | None:
-        return self.result.output if self.status in ("accepted", "escalated") else None
+        return self.result.output if self.status in (LadderStatus.ACCEPTED, LadderStatus.ESCALATED) else None
 
 
 EscalationHook = Callable[[Escalation], Awaitable[None]]
@@ -152,7 +147,7 @@ class Ladder:
         threshold = self.config.threshold
         first = await specialist.run(data)
         if first.ok and first.confidence >= threshold:
-            return Outcome(status="accepted", answered_by="specialist", result=first, first=first)
+            return Outcome(status=LadderStatus.ACCEPTED, answered_by=AnsweredBy.SPECIALIST, result=first, first=first)
         return await self.climb(specialist, data, first)
 
     async def climb(self, specialist: Specialist[Any, Out], data: Any, first: Result[Out]) -> Outcome[Out]:
@@ -178,13 +173,13 @@ class Ladder:
                     confidence_after=voted.confidence,
                     model=str(specialist.model),
                     cost_usd=voted.cost_usd,
-                    outcome="accepted" if voted.confidence >= threshold else "rejected",
+                    outcome=EscalationOutcome.ACCEPTED if voted.confidence >= threshold else EscalationOutcome.REJECTED,
                 ),
             )
             if voted.confidence >= threshold:
                 return Outcome(
-                    status="escalated",
-                    answered_by="resample",
+                    status=LadderStatus.ESCALATED,
+                    answered_by=AnsweredBy.RESAMPLE,
                     result=voted,
                     first=first,
                     escalations=escalations,
@@ -203,7 +198,7 @@ class Ladder:
                         reason=f"{why}; frontier skipped: {refusal}",
                         confidence_before=best.confidence,
                         model=self.config.frontier,
-                        outcome="skipped",
+                        outcome=EscalationOutcome.SKIPPED,
                     ),
                 )
                 why = f"{why}; {refusal}"
@@ -221,13 +216,13 @@ class Ladder:
                         confidence_after=upper.confidence if upper.ok else None,
                         model=self.config.frontier,
                         cost_usd=upper.cost_usd,
-                        outcome="accepted" if trusted else "rejected",
+                        outcome=EscalationOutcome.ACCEPTED if trusted else EscalationOutcome.REJECTED,
                     ),
                 )
                 if trusted:
                     return Outcome(
-                        status="escalated",
-                        answered_by="frontier",
+                        status=LadderStatus.ESCALATED,
+                        answered_by=AnsweredBy.FRONTIER,
                         result=upper,
                         first=first,
                         escalations=escalations,
@@ -242,11 +237,13 @@ class Ladder:
                     rung=Rung.HUMAN,
                     reason=why,
                     confidence_before=best.confidence,
-                    outcome="pending",
+                    outcome=EscalationOutcome.PENDING,
                 ),
             )
-            return Outcome(status="needs_human", answered_by=None, result=best, first=first, escalations=escalations)
-        return Outcome(status="failed", answered_by=None, result=best, first=first, escalations=escalations)
+            return Outcome(
+                status=LadderStatus.NEEDS_HUMAN, answered_by=None, result=best, first=first, escalations=escalations
+            )
+        return Outcome(status=LadderStatus.FAILED, answered_by=None, result=best, first=first, escalations=escalations)
 
     async def _resample(self, specialist: Specialist[Any, Out], data: Any, first: Result[Out]) -> Result[Out]:
         """Self-consistency: k more samples at a temperature; agreement with the majority."""
@@ -312,7 +309,15 @@ def answer_by_human(outcome: Outcome[Out], answer: Out, *, who: str = "a person"
         }
     )
     escalations = [
-        e.model_copy(update={"outcome": "accepted", "confidence_after": 1.0}) if e.rung == Rung.HUMAN else e
+        e.model_copy(update={"outcome": EscalationOutcome.ACCEPTED, "confidence_after": 1.0})
+        if e.rung == Rung.HUMAN
+        else e
         for e in outcome.escalations
     ]
-    return Outcome(status="escalated", answered_by="human", result=result, first=outcome.first, escalations=escalations)
+    return Outcome(
+        status=LadderStatus.ESCALATED,
+        answered_by=AnsweredBy.HUMAN,
+        result=result,
+        first=outcome.first,
+        escalations=escalations,
+    )

@@ -17,9 +17,10 @@ from pydantic import BaseModel
 from shoal.agents.escalation import Outcome
 from shoal.agents.planner import TASK, Plan, PlanError, PlanStep, TaskInput
 from shoal.graphs.context import Attempt, TaskRuntime, climb
-from shoal.graphs.persist import Status, earlier, finish_human_step, outcome_of, outcome_or_fail, record
+from shoal.graphs.persist import earlier, finish_human_step, outcome_of, outcome_or_fail, record
 from shoal.graphs.state import ReviewPayload, RunState, StepOutcome, StepPayload
 from shoal.specialists.base import Specialist
+from shoal.status import LadderStatus, ReviewStatus, StepStatus
 from shoal.store.tables import Review
 
 
@@ -54,7 +55,7 @@ def ask(review: Review, run_id: str, step_id: str) -> Any:
     """The person's answer: from the store if already given, else wait for it.
 
     Called in the node itself, never in a thread: `interrupt` needs the node's context."""
-    if review.status == "answered" and review.answer_json is not None:
+    if review.status == ReviewStatus.ANSWERED and review.answer_json is not None:
         return json.loads(review.answer_json)
     value = interrupt(
         {
@@ -88,14 +89,15 @@ async def known_plan(ctx: TaskRuntime, state: RunState) -> dict[str, Any] | None
     return None if review_id is None else {"plan_review": {"review_id": review_id}}
 
 
-def plan_status(ctx: TaskRuntime, outcome: Outcome[Plan]) -> tuple[Status, str | None]:
+def plan_status(ctx: TaskRuntime, outcome: Outcome[Plan]) -> tuple[StepStatus, str | None]:
     """A plan the planner is sure of runs; one it doubts, or that cannot run, goes to a person."""
     chosen = outcome.result.output
-    if outcome.status in ("accepted", "escalated") and chosen is not None:
-        return ("waiting" if chosen.problems(list(ctx.specialists), ctx.max_steps) else "done"), None
-    if outcome.status == "needs_human":
-        return "waiting", None
-    return "failed", outcome.result.error or "no usable plan"
+    if outcome.status in (LadderStatus.ACCEPTED, LadderStatus.ESCALATED) and chosen is not None:
+        doubtful = chosen.problems(list(ctx.specialists), ctx.max_steps)
+        return (StepStatus.WAITING if doubtful else StepStatus.DONE), None
+    if outcome.status == LadderStatus.NEEDS_HUMAN:
+        return StepStatus.WAITING, None
+    return StepStatus.FAILED, outcome.result.error or "no usable plan"
 
 
 async def plan(state: RunState, runtime: Runtime[TaskRuntime]) -> dict[str, Any]:
@@ -109,7 +111,7 @@ async def plan(state: RunState, runtime: Runtime[TaskRuntime]) -> dict[str, Any]
     outcome = await outcome_or_fail(ctx, attempt)
     status, error = plan_status(ctx, outcome)
     saved = await record(ctx, attempt, status, error)
-    if status == "failed":
+    if status == StepStatus.FAILED:
         raise PlanError(f"no usable plan for the task: {outcome.result.explain()}")
     if saved.review_id is not None:
         return {"plan_review": {"review_id": saved.review_id}}
@@ -226,7 +228,7 @@ async def run_step(ctx: TaskRuntime, payload: StepPayload) -> dict[str, Any]:
     spec = PlanStep.model_validate(payload["step"])
     if run_id not in ctx.fresh:
         row, review_id = await earlier(ctx, run_id, spec.id)
-        if row is not None and row.status == "done":
+        if row is not None and row.status == StepStatus.DONE:
             return {"results": {spec.id: outcome_of(row)}}
         if review_id is not None:
             return {"waiting": {spec.id: {"review_id": review_id}}}
@@ -234,7 +236,8 @@ async def run_step(ctx: TaskRuntime, payload: StepPayload) -> dict[str, Any]:
     data = build_input(specialist, spec, payload["task"], payload["upstream"])
     attempt = await climb(ctx, Attempt(run_id, spec.id, spec.specialist, spec.instruction, specialist, data))
     outcome = await outcome_or_fail(ctx, attempt)
-    saved = await record(ctx, attempt, "waiting" if outcome.status == "needs_human" else "done")
+    waits = outcome.status == LadderStatus.NEEDS_HUMAN
+    saved = await record(ctx, attempt, StepStatus.WAITING if waits else StepStatus.DONE)
     if saved.review_id is not None:
         return {"waiting": {spec.id: {"review_id": saved.review_id}}}
     return {"results": {spec.id: saved.outcome()}}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -22,11 +22,9 @@ from shoal.graphs.context import Attempt, TaskRuntime
 from shoal.graphs.state import StepOutcome
 from shoal.models.router import CallRecord
 from shoal.specialists.base import Specialist
+from shoal.status import AnsweredBy, EscalationOutcome, Rung, StepStatus
 from shoal.store import db as store_db
-from shoal.store.tables import Escalation as EscalationRow
-from shoal.store.tables import Review, Step
-
-Status = Literal["done", "waiting", "failed"]
+from shoal.store.tables import EscalationRow, Review, Step
 
 
 def render(output: Any) -> str:
@@ -55,11 +53,12 @@ def outcome_of(row: Step | dict[str, Any], output: Any = None) -> StepOutcome:
     return StepOutcome(
         step_id=values["step_id"],
         specialist=values["specialist"],
-        status=values["status"],
+        # plain strings in the graph's state: its checkpoints are serialised, enums with them
+        status=str(values["status"]),
         output=output,
         text=render(output),
         confidence=values.get("confidence") or 0.0,
-        answered_by=values.get("answered_by"),
+        answered_by=None if values.get("answered_by") is None else str(values["answered_by"]),
     )
 
 
@@ -95,7 +94,9 @@ def escalation_rows(run_id: str, step_id: str, items: list[Escalation]) -> list[
 
 def question(data: BaseModel, outcome: Outcome[Any]) -> dict[str, Any]:
     """What a person sees on the review queue."""
-    frontier = next((e for e in outcome.escalations if e.rung == "frontier" and e.outcome != "skipped"), None)
+    frontier = next(
+        (e for e in outcome.escalations if e.rung == Rung.FRONTIER and e.outcome != EscalationOutcome.SKIPPED), None
+    )
     return {
         "input": data.model_dump(mode="json"),
         "small_answer": None if outcome.first.output is None else outcome.first.output.model_dump(mode="json"),
@@ -137,7 +138,7 @@ class Saved:
         return outcome_of(self.row, self.output)
 
 
-def step_values(attempt: Attempt, status: Status, error: str | None) -> tuple[dict[str, Any], Any]:
+def step_values(attempt: Attempt, status: StepStatus, error: str | None) -> tuple[dict[str, Any], Any]:
     """The step's row as plain values (cheaper than an ORM object on the hot path) and its output."""
     row: dict[str, Any] = {
         "run_id": attempt.run_id,
@@ -154,7 +155,7 @@ def step_values(attempt: Attempt, status: Status, error: str | None) -> tuple[di
     result = outcome.result
     output = None if result.output is None else result.output.model_dump(mode="json")
     # an unconfirmed answer the ladder ran out of rungs for still feeds later steps, marked so
-    answered_by = (outcome.answered_by or "unverified") if status == "done" else None
+    answered_by = (outcome.answered_by or AnsweredBy.UNVERIFIED) if status == StepStatus.DONE else None
     row.update(
         confidence=result.confidence,
         first_confidence=outcome.first.confidence,
@@ -166,18 +167,18 @@ def step_values(attempt: Attempt, status: Status, error: str | None) -> tuple[di
     return row, output
 
 
-async def record(ctx: TaskRuntime, attempt: Attempt, status: Status, error: str | None = None) -> Saved:
+async def record(ctx: TaskRuntime, attempt: Attempt, status: StepStatus, error: str | None = None) -> Saved:
     """Write a step that climbed its ladder, whatever became of it: the one path to the store."""
     run_id, step_id, outcome = attempt.run_id, attempt.step_id, attempt.outcome
     row, output = step_values(attempt, status, error)
     calls = call_rows(run_id, step_id, attempt.calls, None if outcome is None else outcome.result.confidence)
     escalated = escalation_rows(run_id, step_id, attempt.escalations)
     review = None
-    if status == "waiting" and outcome is not None:
+    if status == StepStatus.WAITING and outcome is not None:
         question_json = json.dumps(question(attempt.data, outcome))
         review = Review(run_id=run_id, step_id=step_id, specialist=attempt.key, question_json=question_json)
     taught: list[dict[str, Any]] = []
-    if status == "done" and outcome is not None and outcome.answered_by == "frontier":
+    if status == StepStatus.DONE and outcome is not None and outcome.answered_by == AnsweredBy.FRONTIER:
         taught = teaches(
             attempt.key, attempt.specialist, attempt.data, outcome.result.output, "frontier", run_id, step_id
         )
@@ -192,7 +193,7 @@ async def record(ctx: TaskRuntime, attempt: Attempt, status: Status, error: str 
 async def outcome_or_fail(ctx: TaskRuntime, attempt: Attempt) -> Outcome[Any]:
     """The attempt's outcome; a model error is recorded as a failed step, then raised."""
     if attempt.outcome is None:
-        await record(ctx, attempt, "failed", str(attempt.error))
+        await record(ctx, attempt, StepStatus.FAILED, str(attempt.error))
         raise attempt.error or ModelError(f"step {attempt.step_id} failed")
     return attempt.outcome
 
@@ -201,7 +202,7 @@ async def earlier(ctx: TaskRuntime, run_id: str, step_id: str) -> tuple[Step | N
     """The step's row from an earlier go at this run, and the review it waits on, if any."""
     store = ctx.store
     row = await store.offload(store.finished_step, run_id, step_id)
-    if row is None or row.status != "waiting":
+    if row is None or row.status != StepStatus.WAITING:
         return row, None
     reviews = await store.offload(store.reviews, status=None, run_id=run_id)
     waiting = [r.id for r in reviews if r.step_id == step_id]
@@ -226,15 +227,17 @@ def finish_human_step(
         data = specialist.input_type.model_validate_json(row.input_json)
         taught = teaches(key, specialist, data, output, "human", run_id, step_id)
     who = review.answered_by or "a person"
-    row.status = "done"
+    row.status = StepStatus.DONE
     row.output_json = output.model_dump_json()
     row.confidence = 1.0
-    row.answered_by = "human"
+    row.answered_by = AnsweredBy.HUMAN
     row.model = f"human:{who}"
     row.evidence_json = json.dumps([{"name": "human", "value": 1.0, "detail": f"answered by {who}"}])
     human = [
-        e for e in store.escalations(run_id) if e.step_id == step_id and e.rung == "human" and e.outcome == "pending"
+        e
+        for e in store.escalations(run_id)
+        if e.step_id == step_id and e.rung == Rung.HUMAN and e.outcome == EscalationOutcome.PENDING
     ]
     for item in human:
-        item.outcome, item.confidence_after = "accepted", 1.0
+        item.outcome, item.confidence_after = EscalationOutcome.ACCEPTED, 1.0
     return store.record_step(row, [], human, examples=taught)

@@ -26,7 +26,9 @@ class StepOutcome(TypedDict):
 
     step_id: str
     specialist: str
-    status: str  # done | failed
+    # `StepStatus` and `AnsweredBy` values as plain strings: the state is checkpointed, and
+    # LangGraph's serialiser warns about (or, strict, refuses) classes it does not know
+    status: str
     output: Any
     text: str
     confidence: float

@@ -2,12 +2,12 @@
 
 from shoal.errors import StoreError
 from shoal.store.db import MIGRATIONS, Store, StoreLedger
-from shoal.store.tables import EmbeddingVector, Escalation, Example, Head, ModelCall, Review, Run, Step, Ticket
+from shoal.store.tables import EmbeddingVector, EscalationRow, Example, Head, ModelCall, Review, Run, Step, Ticket
 
 __all__ = [
     "MIGRATIONS",
     "EmbeddingVector",
-    "Escalation",
+    "EscalationRow",
     "Example",
     "Head",
     "ModelCall",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -26,9 +26,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from shoal.errors import StoreError
+from shoal.status import ReviewStatus, RunStatus
 from shoal.store.tables import (
     EmbeddingVector,
-    Escalation,
+    EscalationRow,
     Example,
     Head,
     Migration,
@@ -188,7 +189,14 @@ class Store:
     # --- runs -----------------------------------------------------------------------------
 
     def create_run(self, run_id: str, task: str, *, workflow: str = "task", plan_json: str | None = None) -> Run:
-        row = Run(id=run_id, task=task, workflow=workflow, status="running", owner_pid=os.getpid(), plan_json=plan_json)
+        row = Run(
+            id=run_id,
+            task=task,
+            workflow=workflow,
+            status=RunStatus.RUNNING,
+            owner_pid=os.getpid(),
+            plan_json=plan_json,
+        )
         with self.session() as session:
             session.add(row)
             session.commit()
@@ -226,8 +234,9 @@ class Store:
     def finish_run(
         self, run_id: str, status: str, elapsed_s: float, *, error: str | None = None, result_json: str | None = None
     ) -> str:
-        """Close a run's row: status, time, and totals summed from its calls and escalations, in
-        one statement (every run pays this once). Returns the run's workflow."""
+        """Close a run's row: status (a `RunStatus`), time, and totals summed from its calls and
+        escalations, in one statement (every run pays this once). Returns the run's workflow."""
+        value = _member(RunStatus, status).value  # the raw connection below bypasses `EnumText`
         with self._fast_lock:
             raw = self._fast_connection()
             with raw:
@@ -240,7 +249,7 @@ class Store:
                     "cost_usd = (SELECT COALESCE(SUM(cost_usd), 0.0) FROM modelcall WHERE run_id = run.id), "
                     "escalations = (SELECT COUNT(*) FROM escalation WHERE run_id = run.id) "
                     "WHERE id = ?",
-                    (status, elapsed_s, error, result_json, _sqlite_value(now()), run_id),
+                    (value, elapsed_s, error, result_json, _sqlite_value(now()), run_id),
                 ).rowcount
                 found = raw.execute("SELECT workflow FROM run WHERE id = ?", (run_id,)).fetchone()
         if not updated or found is None:
@@ -251,7 +260,7 @@ class Store:
         with self.session() as session:
             query = select(Run).order_by(col(Run.created_at).desc()).limit(limit)
             if status:
-                query = query.where(Run.status == status)
+                query = query.where(Run.status == _member(RunStatus, status))
             return list(session.exec(query).all())
 
     def totals(self, run_id: str) -> dict[str, Any]:
@@ -264,7 +273,9 @@ class Store:
                     func.coalesce(func.sum(ModelCall.cost_usd), 0.0),
                 ).where(ModelCall.run_id == run_id)
             ).one()
-            escalations = session.exec(select(func.count(col(Escalation.id))).where(Escalation.run_id == run_id)).one()
+            escalations = session.exec(
+                select(func.count(col(EscalationRow.id))).where(EscalationRow.run_id == run_id)
+            ).one()
         return {
             "model_calls": calls[0],
             "tokens_in": calls[1],
@@ -287,7 +298,7 @@ class Store:
         self,
         step: Step,
         calls: Sequence[dict[str, Any]],
-        escalations: Sequence[Escalation],
+        escalations: Sequence[EscalationRow],
         review: Review | None = None,
         *,
         examples: Sequence[dict[str, Any]] = (),
@@ -322,7 +333,7 @@ class Store:
         self,
         values: dict[str, Any],
         calls: Sequence[dict[str, Any]],
-        escalations: Sequence[Escalation] = (),
+        escalations: Sequence[EscalationRow] = (),
         review: Review | None = None,
         examples: Sequence[dict[str, Any]] = (),
     ) -> int:
@@ -335,7 +346,7 @@ class Store:
                 if calls:
                     connection.execute(insert(ModelCall), list(calls))
                 if escalations:
-                    connection.execute(insert(Escalation), [e.model_dump(exclude={"id"}) for e in escalations])
+                    connection.execute(insert(EscalationRow), [e.model_dump(exclude={"id"}) for e in escalations])
                 if review is not None:
                     added = connection.execute(insert(Review), review.model_dump(exclude={"id"}))
                     review.id = added.inserted_primary_key[0]  # type: ignore[index]
@@ -373,19 +384,21 @@ class Store:
                 session.exec(select(ModelCall).where(ModelCall.run_id == run_id).order_by(col(ModelCall.id))).all()
             )
 
-    def escalations(self, run_id: str) -> list[Escalation]:
+    def escalations(self, run_id: str) -> list[EscalationRow]:
         with self.session() as session:
             return list(
-                session.exec(select(Escalation).where(Escalation.run_id == run_id).order_by(col(Escalation.id))).all()
+                session.exec(
+                    select(EscalationRow).where(EscalationRow.run_id == run_id).order_by(col(EscalationRow.id))
+                ).all()
             )
 
     # --- reviews --------------------------------------------------------------------------
 
-    def reviews(self, *, status: str | None = "pending", run_id: str | None = None) -> list[Review]:
+    def reviews(self, *, status: str | None = ReviewStatus.PENDING, run_id: str | None = None) -> list[Review]:
         with self.session() as session:
             query = select(Review).order_by(col(Review.id))
             if status:
-                query = query.where(Review.status == status)
+                query = query.where(Review.status == _member(ReviewStatus, status))
             if run_id:
                 query = query.where(Review.run_id == run_id)
             return list(session.exec(query).all())
@@ -402,9 +415,9 @@ class Store:
             row = session.get(Review, review_id)
             if row is None:
                 raise StoreError(f"no review {review_id}")
-            if row.status != "pending":
+            if row.status != ReviewStatus.PENDING:
                 raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
-            row.status = "answered"
+            row.status = ReviewStatus.ANSWERED
             row.answer_json = json.dumps(answer)
             row.answered_by = who
             row.answered_at = now()
@@ -591,6 +604,18 @@ class StoreLedger:
     async def add(self, cost_usd: float) -> None:
         if cost_usd > 0:
             await self.store.offload(self.store.add_spend, cost_usd)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _member(enum: type[E], value: str) -> E:
+    """`value` as a member of `enum` (a member, or its string from a caller or the command line)."""
+    try:
+        return enum(value)
+    except ValueError:
+        known = ", ".join(m.value for m in enum)
+        raise StoreError(f"'{value}' is not a {enum.__name__} (one of: {known})") from None
 
 
 def _ticket(session: Session, source: str, key: str) -> Ticket | None:

@@ -1,27 +1,59 @@
 """The tables shoal keeps: every run, step, model call, escalation and pending human decision.
 
 JSON columns hold pydantic dumps as text, so a row can be read back without shoal's classes
-(`sqlite3 shoal.db 'select * from modelcall'` is an operator's tool, as `llm logs` is).
+(`sqlite3 shoal.db 'select * from modelcall'` is an operator's tool, as `llm logs` is). Statuses,
+rungs and outcomes are the `StrEnum`s of `shoal.status`, stored as their values in VARCHAR
+columns (`EnumText`): the schema is the one earlier versions wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Index
+from sqlalchemy import Index, String
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, UniqueConstraint
+
+from shoal.status import AnsweredBy, EscalationOutcome, ReviewStatus, Rung, RunStatus, StepStatus, TicketStatus
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
+class EnumText(TypeDecorator[str]):
+    """A `StrEnum` kept as its value in a plain VARCHAR (no SQL enum, no CHECK: the schema stays
+    the one earlier versions wrote). Writing anything but a member's value fails; reading gives
+    the member back, or the bare text for a value this version does not know."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.enum(value)
+        except ValueError:
+            return value
+
+
 class Run(SQLModel, table=True):
     id: str = Field(primary_key=True)
     workflow: str = "task"
     task: str
-    status: str = Field(default="pending", index=True)  # pending running waiting done failed cancelled
+    status: RunStatus = Field(default=RunStatus.PENDING, index=True, sa_type=EnumText(RunStatus))
     plan_json: str | None = None
     result_json: str | None = None
     error: str | None = None
@@ -44,13 +76,13 @@ class Step(SQLModel, table=True):
     step_id: str
     specialist: str
     instruction: str = ""
-    status: str = "done"  # done waiting failed
+    status: StepStatus = Field(default=StepStatus.DONE, sa_type=EnumText(StepStatus))
     input_json: str = "{}"
     output_json: str | None = None
     confidence: float | None = None
     first_confidence: float | None = None
     evidence_json: str = "[]"
-    answered_by: str | None = None
+    answered_by: AnsweredBy | None = Field(default=None, sa_type=EnumText(AnsweredBy))
     model: str | None = None
     error: str | None = None
     started_at: datetime = Field(default_factory=now)
@@ -75,18 +107,22 @@ class ModelCall(SQLModel, table=True):
     created_at: datetime = Field(default_factory=now, index=True)
 
 
-class Escalation(SQLModel, table=True):
+class EscalationRow(SQLModel, table=True):
+    """A rung taken, as stored (the ladder's record is `shoal.agents.escalation.Escalation`)."""
+
+    __tablename__ = "escalation"
+
     id: int | None = Field(default=None, primary_key=True)
     run_id: str | None = Field(default=None, index=True)
     step_id: str | None = None
     specialist: str
-    rung: str
+    rung: Rung = Field(sa_type=EnumText(Rung))
     reason: str
     confidence_before: float
     confidence_after: float | None = None
     model: str | None = None
     cost_usd: float = 0.0
-    outcome: str
+    outcome: EscalationOutcome = Field(sa_type=EnumText(EscalationOutcome))
     at: datetime = Field(default_factory=now, index=True)
 
 
@@ -95,10 +131,10 @@ class Review(SQLModel, table=True):
     run_id: str = Field(foreign_key="run.id", index=True)
     step_id: str
     specialist: str
-    status: str = Field(default="pending", index=True)  # pending answered
+    status: ReviewStatus = Field(default=ReviewStatus.PENDING, index=True, sa_type=EnumText(ReviewStatus))
     question_json: str = "{}"
     answer_json: str | None = None
-    answered_by: str | None = None
+    answered_by: str | None = None  # who answered: a person's name, not an `AnsweredBy`
     created_at: datetime = Field(default_factory=now)
     answered_at: datetime | None = None
 
@@ -115,7 +151,7 @@ class Ticket(SQLModel, table=True):
     line: int | None = None
     text_hash: str = ""
     run_id: str | None = Field(default=None, index=True)
-    status: str = Field(default="pending", index=True)  # running done waiting failed rejected
+    status: TicketStatus = Field(default=TicketStatus.PENDING, index=True, sa_type=EnumText(TicketStatus))
     queue: str | None = None
     result_json: str | None = None
     error: str | None = None

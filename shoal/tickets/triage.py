@@ -22,6 +22,7 @@ from shoal.batch import Outage
 from shoal.config import Settings
 from shoal.errors import ShoalError, StoreError, TaskError, TransientModelError
 from shoal.inputs import check_text
+from shoal.status import AnsweredBy, RunStatus, StepStatus, TicketStatus
 from shoal.store.db import Store
 from shoal.store.tables import Step
 from shoal.tickets.files import BadRow, TicketRow, text_hash
@@ -33,7 +34,7 @@ WORKFLOW = "tickets"
 class TicketOutcome(BaseModel):
     key: str
     line: int | None = None
-    status: str  # done waiting failed rejected
+    status: TicketStatus
     run_id: str | None = None
     queue: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict)
@@ -141,14 +142,20 @@ class TicketDesk:
         store = self.store
         if isinstance(row, BadRow):
             await store.offload(
-                store.put_ticket, source, row.key, line=row.line, status="rejected", error=row.reason, run_id=None
+                store.put_ticket,
+                source,
+                row.key,
+                line=row.line,
+                status=TicketStatus.REJECTED,
+                error=row.reason,
+                run_id=None,
             )
-            return TicketOutcome(key=row.key, line=row.line, status="rejected", error=row.reason)
+            return TicketOutcome(key=row.key, line=row.line, status=TicketStatus.REJECTED, error=row.reason)
         try:
             skipped = await self._triage_row(row, source, force)
         except Exception as exc:  # one ticket's failure, whatever it is, is that ticket's alone
             reason = str(exc) if isinstance(exc, ShoalError | PlanError) else f"{type(exc).__name__}: {exc}"
-            await store.offload(store.put_ticket, source, row.key, status="failed", error=reason)
+            await store.offload(store.put_ticket, source, row.key, status=TicketStatus.FAILED, error=reason)
             outcome = await store.offload(self.outcome, source, row.key)
             outcome.transient = isinstance(exc, TransientModelError)
             return outcome
@@ -162,10 +169,10 @@ class TicketDesk:
         same = existing is not None and existing.text_hash == digest and existing.run_id is not None
         if existing is not None and same and not force:
             assert existing.run_id is not None
-            if existing.status in ("done", "waiting"):
+            if existing.status in (TicketStatus.DONE, TicketStatus.WAITING):
                 return True
             run = await store.offload(store.get_run, existing.run_id)
-            if run is not None and run.status in ("done", "waiting"):
+            if run is not None and run.status in (RunStatus.DONE, RunStatus.WAITING):
                 # killed after its run finished but before the ticket was written: repair, no calls
                 await store.offload(self.finish, run.id, run.status)
                 return False
@@ -174,11 +181,13 @@ class TicketDesk:
                 return False
         text = check_text(row.text, self.settings.tickets.max_chars, what="text")
         run_id = uuid.uuid4().hex[:12]
-        await store.offload(store.create_run, run_id, text, workflow=WORKFLOW, plan_json=json.dumps(TICKET_PLAN))
+        # the ticket names its run before the run exists: killed in between, the next pass finds no
+        # such run and starts one; the other order left a run no ticket points at, forever running
         await store.offload(
-            store.put_ticket, source, row.key, line=row.line, text_hash=digest, run_id=run_id, status="running",
-            queue=None, result_json=None, error=None,
+            store.put_ticket, source, row.key, line=row.line, text_hash=digest, run_id=run_id,
+            status=TicketStatus.RUNNING, queue=None, result_json=None, error=None,
         )  # fmt: skip
+        await store.offload(store.create_run, run_id, text, workflow=WORKFLOW, plan_json=json.dumps(TICKET_PLAN))
         await self.runs.drive(run_id, {"run_id": run_id, "task": text, "plan": TICKET_PLAN}, WORKFLOW, fresh=True)
         return False
 
@@ -202,7 +211,7 @@ class TicketDesk:
             escalated=[
                 n
                 for n, f in fields.items()
-                if f.get("answered_by") not in ("specialist", None) or f.get("status") == "waiting"
+                if f.get("answered_by") not in (AnsweredBy.SPECIALIST, None) or f.get("status") == StepStatus.WAITING
             ],
             reviews=reviews,
             tokens=0 if run is None or skipped else run.tokens_in + run.tokens_out,
@@ -210,25 +219,33 @@ class TicketDesk:
         )
 
     def finish(self, run_id: str, status: str) -> None:
-        """Bring a ticket's row in step with its run that just ended (runs on the store's thread)."""
+        """Bring a ticket's row in step with its run that just ended (runs on the store's thread).
+
+        `status` is the run's (a `RunStatus`): done and waiting carry over, anything else fails
+        the ticket (a stopped run is resumed by triaging the ticket again)."""
         ticket = self.store.ticket_for_run(run_id)
         if ticket is None:
             return
         fields = ticket_fields(self.store.steps(run_id))
         outputs = {name: field.get("output") for name, field in fields.items()}
         queue = None
-        if status == "done":
+        ended = _TICKET_STATUS.get(RunStatus(status), TicketStatus.FAILED)
+        if ended == TicketStatus.DONE:
             queue = route(self.settings, outputs)
-        elif status == "waiting":
+        elif ended == TicketStatus.WAITING:
             queue = self.settings.tickets.review_queue
         self.store.put_ticket(
             ticket.source,
             ticket.key,
-            status={"done": "done", "waiting": "waiting"}.get(status, "failed"),
+            status=ended,
             queue=queue,
             result_json=json.dumps(fields, ensure_ascii=False),
-            error=None if status in ("done", "waiting") else (self.store.get_run(run_id) or ticket).error,
+            error=None if ended != TicketStatus.FAILED else (self.store.get_run(run_id) or ticket).error,
         )
+
+
+# what a ticket becomes when its run ends; any other end fails it
+_TICKET_STATUS = {RunStatus.DONE: TicketStatus.DONE, RunStatus.WAITING: TicketStatus.WAITING}
 
 
 __all__: Sequence[str] = ["WORKFLOW", "TicketDesk", "TicketOutcome", "ticket_fields"]

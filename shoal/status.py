@@ -1,0 +1,102 @@
+"""Every status shoal writes, and the rungs of the escalation ladder, as `StrEnum`s.
+
+One place for the words the store, the graph, the ladder, the CLI and the TUI share, so they
+cannot drift apart. A member is a `str` equal to its value (`RunStatus.DONE == "done"`), and the
+store keeps the value in a plain VARCHAR column: databases written before these enums read the
+same.
+
+A leaf module: it imports nothing from shoal, so anything may import it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "AnsweredBy",
+    "EscalationOutcome",
+    "LadderStatus",
+    "ReviewStatus",
+    "RunStatus",
+    "Rung",
+    "StepStatus",
+    "TicketStatus",
+]
+
+
+class RunStatus(StrEnum):
+    """A run (`run.status`): waiting = paused on a person's review; stopped = interrupted
+    (Ctrl-C, cancellation, an unexpected error) with its finished steps kept for `shoal resume`."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class StepStatus(StrEnum):
+    """A plan step (`step.status`): waiting = its answer waits on a person's review."""
+
+    DONE = "done"
+    WAITING = "waiting"
+    FAILED = "failed"
+
+
+class TicketStatus(StrEnum):
+    """A ticket of a triage batch (`ticket.status`): rejected = the row could not be a ticket
+    (no text, a duplicate id, unreadable), so no run was started for it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    WAITING = "waiting"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class ReviewStatus(StrEnum):
+    """A decision put to a person (`review.status`): pending until answered."""
+
+    PENDING = "pending"
+    ANSWERED = "answered"
+
+
+class Rung(StrEnum):
+    """A rung of the escalation ladder above the specialist itself."""
+
+    RESAMPLE = "resample"
+    FRONTIER = "frontier"
+    HUMAN = "human"
+
+
+class EscalationOutcome(StrEnum):
+    """What one rung gave (`escalation.outcome`): skipped = the frontier was not asked (no key,
+    budget spent); pending = the human rung waits for an answer."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    PENDING = "pending"
+
+
+class AnsweredBy(StrEnum):
+    """Who gave a step's answer (`step.answered_by`): unverified = the ladder ran out of rungs
+    and the best answer below threshold was kept (no human rung), marked as nobody's."""
+
+    SPECIALIST = "specialist"
+    RESAMPLE = "resample"
+    FRONTIER = "frontier"
+    HUMAN = "human"
+    UNVERIFIED = "unverified"
+
+
+class LadderStatus(StrEnum):
+    """How a climb of the ladder ended (`Outcome.status`): accepted = the specialist's own answer;
+    escalated = a higher rung's; needs_human = waits for a person; failed = no usable answer."""
+
+    ACCEPTED = "accepted"
+    ESCALATED = "escalated"
+    NEEDS_HUMAN = "needs_human"
+    FAILED = "failed"
