@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakeollama import FakeOllama, fake_ollama
@@ -294,3 +295,37 @@ async def test_every_worker_hitting_the_outage_at_once_still_recovers(tmp_path: 
         outcomes = await shoal.triage(rows, concurrency=4, on_pause=lambda reason, _: pauses.append(reason))
     assert [o.status for o in outcomes] == ["done"] * 8
     assert pauses and "cannot reach Ollama" in pauses[0]
+
+
+class Killed(BaseException):
+    """Not an Exception: like a kill, nothing on the way catches it."""
+
+
+async def test_killed_between_naming_the_run_and_creating_it_leaves_no_orphan(tmp_path: Path) -> None:
+    backend = ScriptedBackend(answer)
+    row = TicketRow(key="Z1", line=2, text="please cancel order 12345")
+    async with engine(tmp_path, backend) as shoal:
+        store = shoal.store
+        real_create, real_put = store.create_run, store.put_ticket
+        writes: list[str] = []
+
+        def second_write_dies(name: str, real: Any) -> Any:
+            def write(*args: Any, **kwargs: Any) -> Any:
+                if name == "ticket" and kwargs.get("status") != "running":
+                    return real(*args, **kwargs)
+                writes.append(name)
+                if len(writes) == 2:
+                    raise Killed  # kill -9 between the run's two first writes, whichever comes first
+                return real(*args, **kwargs)
+
+            return write
+
+        store.create_run = second_write_dies("run", real_create)  # type: ignore[method-assign]
+        store.put_ticket = second_write_dies("ticket", real_put)  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            await shoal.triage([row], source="s")
+        store.create_run, store.put_ticket = real_create, real_put  # type: ignore[method-assign]
+        (outcome,) = await shoal.triage([row], source="s")
+        runs = store.list_runs()
+    assert outcome.status == "done"
+    assert [r.status for r in runs] == ["done"], "one run, and no run left running that no ticket names"
