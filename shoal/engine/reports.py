@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shoal.status import RunStatus
+
 
 class ReviewItem(BaseModel):
     id: int
@@ -18,7 +20,7 @@ class ReviewItem(BaseModel):
 
 class RunReport(BaseModel):
     run_id: str
-    status: str
+    status: RunStatus
     answer: dict[str, Any] | None = None
     error: str | None = None
     reviews: list[ReviewItem] = Field(default_factory=list)

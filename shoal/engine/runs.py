@@ -22,9 +22,10 @@ from shoal.engine.reports import ReviewItem, RunReport
 from shoal.engine.wiring import TASK, Wiring
 from shoal.errors import ShoalError, StoreError, TaskError
 from shoal.inputs import check_text
+from shoal.status import ReviewStatus, RunStatus
 
 # called on the store's thread when a run of a workflow ends: (run id, status)
-OnFinish = Callable[[str, str], None]
+OnFinish = Callable[[str, RunStatus], None]
 
 _TASK_LIMIT_HINT = "split it, or raise max_task_chars in shoal.toml (small models read a few thousand tokens at most)"
 
@@ -64,7 +65,7 @@ class RunDriver:
     async def resume(self, run_id: str) -> RunReport:
         """Continue a run that crashed, was stopped, or waits on reviews answered meanwhile."""
         run = await self.store.offload(self.store.find_run, run_id)
-        if run.status == "done":
+        if run.status == RunStatus.DONE:
             return await self.store.offload(self.report, run.id)
         graph = await self.wiring.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
@@ -76,7 +77,7 @@ class RunDriver:
     async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
         """Answer a pending human decision and let its run go on at once."""
         row = await self.store.offload(self.store.get_review, review_id)
-        if row.status != "pending":
+        if row.status != ReviewStatus.PENDING:
             raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
         validated = self.validate_answer(row.specialist, answer)
         await self.store.offload(self.store.answer_review, review_id, validated, who)
@@ -134,20 +135,22 @@ class RunDriver:
         started = time.perf_counter()
         context = self.wiring.runtime(workflow)
         if run_id not in self.wiring.fresh:  # a new run's row already says so
-            await self.store.offload(self.store.update_run, run_id, status="running", owner_pid=os.getpid(), error=None)
+            await self.store.offload(
+                self.store.update_run, run_id, status=RunStatus.RUNNING, owner_pid=os.getpid(), error=None
+            )
         try:
             result = await graph.ainvoke(state, config, context=context, durability=self.settings.durability)
         except (ShoalError, PlanError) as exc:
-            await self.store.offload(self._finish, run_id, "failed", started, error=str(exc))
+            await self.store.offload(self._finish, run_id, RunStatus.FAILED, started, error=str(exc))
             raise
         except BaseException as exc:
             # KeyboardInterrupt, cancellation, a bug: finished steps are saved; `shoal resume` goes on
             await self._finish_stopped(run_id, started, exc)
             raise
         if result.get("__interrupt__"):
-            await self.store.offload(self._finish, run_id, "waiting", started)
+            await self.store.offload(self._finish, run_id, RunStatus.WAITING, started)
         else:
-            await self.store.offload(self._finish, run_id, "done", started, answer=result.get("answer"))
+            await self.store.offload(self._finish, run_id, RunStatus.DONE, started, answer=result.get("answer"))
             await self.store.offload(self.store.prune_checkpoints, run_id)
         return await self.store.offload(self.report, run_id)
 
@@ -155,7 +158,7 @@ class RunDriver:
         """Record a run stopped by Ctrl-C, cancellation or an unexpected error, even while this
         task is being cancelled (the record is what lets `shoal resume` go on)."""
         write = asyncio.ensure_future(
-            self.store.offload(self._finish, run_id, "stopped", started, error=f"{type(exc).__name__}: {exc}")
+            self.store.offload(self._finish, run_id, RunStatus.STOPPED, started, error=f"{type(exc).__name__}: {exc}")
         )
         try:
             await asyncio.shield(write)
@@ -163,7 +166,7 @@ class RunDriver:
             await asyncio.wait({write})
 
     def _finish(
-        self, run_id: str, status: str, started: float, *, error: str | None = None, answer: Any = None
+        self, run_id: str, status: RunStatus, started: float, *, error: str | None = None, answer: Any = None
     ) -> None:
         workflow = self.store.finish_run(
             run_id,
@@ -172,7 +175,7 @@ class RunDriver:
             error=error,
             result_json=None if answer is None else json.dumps(answer, ensure_ascii=False),
         )
-        if status in ("done", "failed"):
+        if status in (RunStatus.DONE, RunStatus.FAILED):
             self.wiring.drop_budget(run_id)  # a waiting run keeps its budget for after the review
         hook = self.on_finish.get(workflow)
         if hook is not None:
@@ -189,7 +192,7 @@ class RunDriver:
                 specialist=r.specialist,
                 question=json.loads(r.question_json),
             )
-            for r in self.store.reviews(status="pending", run_id=run.id)
+            for r in self.store.reviews(status=ReviewStatus.PENDING, run_id=run.id)
         ]
         return RunReport(
             run_id=run.id,
