@@ -402,6 +402,10 @@ async def test_parallel_branches_joins_and_chains_run_each_step_once(tmp_path: P
     assert len(backend.requests) == 7, "every step ran exactly once"
     joined = json.loads(shoal.store.finished_step(report.run_id, "j").input_json)["text"]  # type: ignore[union-attr]
     assert "[a3, classifier]" in joined and "[b, classifier]" in joined
+    # every step says when it started and finished, and a join starts after what it joins
+    steps = {row.step_id: row for row in shoal.store.steps(report.run_id)}
+    assert all(row.finished_at is not None and row.started_at <= row.finished_at for row in steps.values())
+    assert steps["j"].started_at >= max(steps["a3"].finished_at, steps["b"].finished_at)  # type: ignore[type-var]
 
 
 # --- nodes alone, with a context built by hand ------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from shoal.errors import ModelError
 from shoal.models.router import CallRecord
 from shoal.specialists.base import Specialist
 from shoal.store import db as store_db
+from shoal.store.tables import now
 
 # The model calls of the step running in this asyncio task; the router's recorder appends here.
 CURRENT_CALLS: contextvars.ContextVar[list[CallRecord] | None] = contextvars.ContextVar(
@@ -75,6 +77,7 @@ class Attempt:
     outcome: Outcome[Any] | None = None
     error: ModelError | None = None
     calls: list[CallRecord] = field(default_factory=list)
+    started_at: datetime = field(default_factory=now)
     escalations: list[Escalation] = field(default_factory=list)
 
 

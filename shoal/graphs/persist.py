@@ -24,7 +24,7 @@ from shoal.models.router import CallRecord
 from shoal.specialists.base import Specialist
 from shoal.status import AnsweredBy, EscalationOutcome, Rung, StepStatus
 from shoal.store import db as store_db
-from shoal.store.tables import EscalationRow, Review, Step
+from shoal.store.tables import EscalationRow, Review, Step, now
 
 
 def render(output: Any) -> str:
@@ -148,6 +148,9 @@ def step_values(attempt: Attempt, status: StepStatus, error: str | None) -> tupl
         "input_json": attempt.data.model_dump_json(),
         "status": status,
         "error": error,
+        "started_at": attempt.started_at,
+        # a waiting step is finished when a person answers (finish_human_step)
+        "finished_at": None if status == StepStatus.WAITING else now(),
     }
     outcome = attempt.outcome
     if outcome is None:
@@ -228,6 +231,7 @@ def finish_human_step(
         taught = teaches(key, specialist, data, output, "human", run_id, step_id)
     who = review.answered_by or "a person"
     row.status = StepStatus.DONE
+    row.finished_at = now()
     row.output_json = output.model_dump_json()
     row.confidence = 1.0
     row.answered_by = AnsweredBy.HUMAN
