@@ -344,3 +344,32 @@ async def test_models_screen_lists_heads_and_activates_an_older_one(tmp_path: Pa
         assert how["category"] == "head v1"
     active = app.engine.store.active_head("category")
     assert active is not None and active.version == 1
+
+
+async def test_stored_text_is_shown_as_it_is_never_as_markup(tmp_path: Path) -> None:
+    """Tickets, model output and errors are text: "[ollama]" must not vanish, "[/b]" must not crash."""
+    from shoal.store import Store
+    from shoal.store.tables import Step
+
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    store = Store(settings.db_path)
+    task = "Customer: the price [/b] is wrong [bold]really"
+    store.create_run("bracketsrun1", task)
+    step = Step(run_id="bracketsrun1", step_id="kind", specialist="classifier", status="done")
+    step.output_json = '{"label": "[/i] REFUND"}'
+    store.record_step(step, [], [])
+    store.update_run("bracketsrun1", status="failed", error="set OLLAMA_HOST / [ollama] host in shoal.toml")
+    app = ShoalApp(settings)
+    async with app.run_test(size=(140, 40)) as pilot:
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.pause()
+        assert str(app.screen.query_one("#runs", DataTable).get_row_at(0)[7]) == task
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, RunScreen)
+        header = str(app.screen.query_one("#run-header", Static).render())
+        assert task in header and "[ollama] host" in header
+        leaves = [
+            str(leaf.label) for node in app.screen.query_one("#steps", Tree).root.children for leaf in node.children
+        ]
+        assert 'output {"label": "[/i] REFUND"}' in leaves

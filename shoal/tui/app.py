@@ -118,7 +118,7 @@ class ShoalApp(App[None]):
             self.notify("this run is not running in this window; stop its process (finished steps are kept)")
             return
         worker.cancel()
-        self.notify(f"run {message.run_id} cancelled; finished steps are kept")
+        self.notify(f"run {message.run_id} cancelled; finished steps are kept", markup=False)
 
     @work(group="tasks")
     async def resume(self, run_id: str) -> None:
@@ -163,11 +163,11 @@ class ShoalApp(App[None]):
 
     @on(WorkFinished)
     def _work_finished(self, message: WorkFinished) -> None:
-        self.notify(f"{message.what}: {message.summary}", timeout=8)
+        self.notify(f"{message.what}: {message.summary}", timeout=8, markup=False)
 
     @on(WorkFailed)
     def _work_failed(self, message: WorkFailed) -> None:
-        self.notify(message.text, severity="error", timeout=message.timeout)
+        self.notify(message.text, severity="error", timeout=message.timeout, markup=False)
 
     async def on_unmount(self) -> None:
         await self.core.aclose()

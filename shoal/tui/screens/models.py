@@ -12,7 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
 from shoal.tui.messages import BackendsChecked, PullFinished, PullProgressed
-from shoal.tui.widgets import ShoalScreen
+from shoal.tui.widgets import ShoalScreen, cells
 
 
 class ModelsScreen(ShoalScreen):
@@ -34,7 +34,7 @@ class ModelsScreen(ShoalScreen):
         yield Input(placeholder="MODEL THRESHOLD, e.g. ollama:qwen2.5:3b 0.7 (enter saves to shoal.toml)", id="edit")
         yield Input(placeholder="Ollama model to pull, e.g. qwen2.5:3b (enter starts)", id="pull")
         yield ProgressBar(id="pull-progress", show_eta=True)
-        yield Static("", id="pull-status")
+        yield Static("", id="pull-status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -53,22 +53,24 @@ class ModelsScreen(ShoalScreen):
         table = self.query_one("#specialists", DataTable)
         table.clear()
         for setup in engine.specialist_settings():
-            table.add_row(setup.name, setup.model, f"{setup.threshold:.2f}", setup.how, key=setup.name)
+            table.add_row(*cells(setup.name, setup.model, f"{setup.threshold:.2f}", setup.how), key=setup.name)
         heads = self.query_one("#heads", DataTable)
         heads.clear()
         for h in engine.heads():
             after, before = h.after or {}, h.before or {}
             heads.add_row(
-                f"{h.specialist} v{h.version}",
-                "active" if h.active else "",
-                f"{h.examples} examples",
-                str(h.labels),
-                f"{after.get('accuracy', 0):.3f}",
-                f"{after.get('ece', 0):.3f}",
-                f"{after.get('escalated', 0):.1%}",
-                f"{before.get('what', '')} {before.get('accuracy', 0):.3f}" if before else "-",
-                h.embed_model,
-                h.created_at.strftime("%Y-%m-%d %H:%M"),
+                *cells(
+                    f"{h.specialist} v{h.version}",
+                    "active" if h.active else "",
+                    f"{h.examples} examples",
+                    str(h.labels),
+                    f"{after.get('accuracy', 0):.3f}",
+                    f"{after.get('ece', 0):.3f}",
+                    f"{after.get('escalated', 0):.1%}",
+                    f"{before.get('what', '')} {before.get('accuracy', 0):.3f}" if before else "-",
+                    h.embed_model,
+                    h.created_at.strftime("%Y-%m-%d %H:%M"),
+                ),
                 key=f"{h.specialist}:{h.version}",
             )
         self.check_backends()
@@ -82,9 +84,9 @@ class ModelsScreen(ShoalScreen):
         try:
             self.core.engine.activate_head(name, int(version))
         except Exception as exc:  # shown to the operator
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return
-        self.notify(f"{name}: head v{version} is active")
+        self.notify(f"{name}: head v{version} is active", markup=False)
         self.action_refresh()
 
     @work(exclusive=True, group="health")
@@ -98,7 +100,7 @@ class ModelsScreen(ShoalScreen):
         for row in message.rows:
             models = ", ".join(m.name for m in row.models[:6]) or "-"
             status = "ready" if row.reachable else f"unavailable: {row.reason[:80]}"
-            table.add_row(row.backend, status, row.where, models)
+            table.add_row(*cells(row.backend, status, row.where, models))
 
     def action_edit(self) -> None:
         table = self.query_one("#specialists", DataTable)
@@ -165,11 +167,11 @@ class ModelsScreen(ShoalScreen):
             path = self.core.settings.source or Path.cwd() / "shoal.toml"
             save_specialist(path, name, model=parts[0], threshold=threshold)
         except (ValueError, ConfigError) as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return
         retired = self.core.reload_settings(path)
         if retired is not None:  # closed on the app, so that leaving this screen does not cut it short
             self.app.run_worker(retired.aclose(), group="close")
         event.input.display = False
-        self.notify(f"{name}: {parts[0]} at {threshold:.2f}, saved to {path}")
+        self.notify(f"{name}: {parts[0]} at {threshold:.2f}, saved to {path}", markup=False)
         self.action_refresh()

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from shoal.tui.data import question_text
 from shoal.tui.messages import ReviewAnswered
-from shoal.tui.widgets import ShoalScreen, keep_cursor, selected_key
+from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
 
 
 class ReviewScreen(ShoalScreen):
@@ -28,7 +28,7 @@ class ReviewScreen(ShoalScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="reviews", cursor_type="row")
-        yield Static("", id="question")
+        yield Static("", id="question", markup=False)
         yield Input(placeholder="answer: a label, or JSON of the specialist's output; enter to send", id="answer")
         yield Footer()
 
@@ -44,11 +44,13 @@ class ReviewScreen(ShoalScreen):
         for review in self.store.reviews(status="pending"):
             question = json.loads(review.question_json)
             table.add_row(
-                str(review.id),
-                review.run_id,
-                review.step_id,
-                review.specialist,
-                f"{question.get('confidence', 0):.2f}",
+                *cells(
+                    str(review.id),
+                    review.run_id,
+                    review.step_id,
+                    review.specialist,
+                    f"{question.get('confidence', 0):.2f}",
+                ),
                 key=str(review.id),
             )
         keep_cursor(table, selected)
@@ -100,9 +102,9 @@ class ReviewScreen(ShoalScreen):
     @on(ReviewAnswered)
     def _answered(self, message: ReviewAnswered) -> None:
         if message.error:
-            self.notify(f"review {message.review_id}: {message.error}", severity="error", timeout=8)
+            self.notify(f"review {message.review_id}: {message.error}", severity="error", timeout=8, markup=False)
         else:
-            self.notify(f"review {message.review_id} answered; run is {message.status}")
+            self.notify(f"review {message.review_id} answered; run is {message.status}", markup=False)
         self.action_refresh()
 
     def commands(self) -> Iterable[SystemCommand]:

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Header, Static, Tree
 
 from shoal.tui.data import evidence_text, pretty
 from shoal.tui.messages import CancelRequested, RetryRequested
-from shoal.tui.widgets import ShoalScreen
+from shoal.tui.widgets import ShoalScreen, cells, label
 
 if TYPE_CHECKING:
     from shoal.tui.core import Core
@@ -36,12 +36,12 @@ class RunScreen(ShoalScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="run-header")
+        yield Static("", id="run-header", markup=False)
         with Horizontal():
             yield Tree("plan", id="steps")
             with Vertical():
                 yield DataTable(id="calls", cursor_type="row")
-                yield Static("", id="detail-pane")
+                yield Static("", id="detail-pane", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -62,37 +62,43 @@ class RunScreen(ShoalScreen):
         for step in self.store.steps(run.id):
             confidence = "-" if step.confidence is None else f"{step.confidence:.2f}"
             node = tree.root.add(
-                f"{step.step_id} · {step.specialist} · {step.status} · {confidence} · {step.answered_by or ''}",
+                label(f"{step.step_id} · {step.specialist} · {step.status} · {confidence} · {step.answered_by or ''}"),
                 data={"kind": "step", "id": step.step_id},
                 expand=True,
             )
-            node.add_leaf(f"model {step.model or '-'}")
+            node.add_leaf(label(f"model {step.model or '-'}"))
             for line in evidence_text(step.evidence_json).splitlines():
-                node.add_leaf(line.strip())
+                node.add_leaf(label(line.strip()))
             if step.output_json:
-                node.add_leaf(f"output {step.output_json[:200]}")
+                node.add_leaf(label(f"output {step.output_json[:200]}"))
             for item in (e for e in escalations if e.step_id == step.step_id):
                 after = "-" if item.confidence_after is None else f"{item.confidence_after:.2f}"
                 rung = f"↑ {item.rung} {item.outcome} {item.confidence_before:.2f}→{after} ${item.cost_usd:.4f}"
-                node.add_leaf(f"{rung}: {item.reason}")
+                node.add_leaf(label(f"{rung}: {item.reason}"))
         calls = self.query_one("#calls", DataTable)
         calls.clear()
         for call in self.store.model_calls(run.id):
             calls.add_row(
-                str(call.id),
-                call.step_id or "-",
-                call.model,
-                f"{call.tokens_in}+{call.tokens_out}",
-                f"{call.latency_s:.2f}s",
-                f"${call.cost_usd:.4f}",
-                (call.error or "")[:60],
+                *cells(
+                    str(call.id),
+                    call.step_id or "-",
+                    call.model,
+                    f"{call.tokens_in}+{call.tokens_out}",
+                    f"{call.latency_s:.2f}s",
+                    f"${call.cost_usd:.4f}",
+                    (call.error or "")[:60],
+                ),
                 key=str(call.id),
             )
 
     def action_retry(self) -> None:
         run = self.store.find_run(self.run_id)
         if run.status not in ("failed", "stopped"):
-            self.notify(f"run {run.id} is {run.status}: only failed or stopped runs are retried", severity="warning")
+            self.notify(
+                f"run {run.id} is {run.status}: only failed or stopped runs are retried",
+                severity="warning",
+                markup=False,
+            )
             return
         self.app.post_message(RetryRequested(run.id))
 

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from shoal.tui.data import STATUSES, run_lines
 from shoal.tui.screens.run_detail import RunScreen
-from shoal.tui.widgets import ShoalScreen, keep_cursor, selected_key
+from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
 
 if TYPE_CHECKING:
     from shoal.tui.core import Core
@@ -51,14 +51,16 @@ class RunsScreen(ShoalScreen):
         table.clear()
         for line in run_lines(self.store, self.status_filter):
             table.add_row(
-                line.id,
-                line.workflow,
-                line.status,
-                f"{line.steps_done}/{line.steps}",
-                str(line.escalations),
-                str(line.reviews) if line.reviews else "",
-                f"${line.cost_usd:.4f}",
-                line.task,
+                *cells(
+                    line.id,
+                    line.workflow,
+                    line.status,
+                    f"{line.steps_done}/{line.steps}",
+                    str(line.escalations),
+                    str(line.reviews) if line.reviews else "",
+                    f"${line.cost_usd:.4f}",
+                    line.task,
+                ),
                 key=line.id,
             )
         keep_cursor(table, selected)
