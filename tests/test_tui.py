@@ -373,3 +373,27 @@ async def test_stored_text_is_shown_as_it_is_never_as_markup(tmp_path: Path) -> 
             str(leaf.label) for node in app.screen.query_one("#steps", Tree).root.children for leaf in node.children
         ]
         assert 'output {"label": "[/i] REFUND"}' in leaves
+
+
+async def test_leaving_the_review_queue_lets_the_resumed_run_finish(tmp_path: Path) -> None:
+    """The answer resumes the run; going back to Runs at once must not cancel it half-way."""
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {
+        "classifier": SpecialistSettings(threshold=1.0),
+        "extractor": SpecialistSettings(threshold=0.0),
+    }
+    backend = ScriptedBackend(answers, delay_s=0.5)  # the step after the review takes a while
+    shoal = Shoal(settings, router=ModelRouter(lambda _: backend))
+    after_review = {"steps": [PLAN["steps"][0], {**PLAN["steps"][1], "inputs": ["task", "kind"]}]}
+    waiting = await shoal.run("Order 70012345 arrived broken, refund please", plan=after_review)
+    assert waiting.status == "waiting"
+    app = ShoalApp(settings, engine=shoal)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("v")
+        app.screen.query_one("#answer", Input).focus()
+        await pilot.press(*"INVOICE", "enter", "escape")
+        assert isinstance(app.screen, RunsScreen)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    run = shoal.store.get_run(waiting.run_id)
+    assert run is not None and run.status == "done", run and run.error

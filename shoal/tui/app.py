@@ -1,10 +1,11 @@
 """`shoal tui`: live runs, a run's steps and model calls, the human review queue, models.
 
 The app is small: its bindings and command palette, switching between the screens (one module
-each, in `screens/`), the work that outlives a screen (tasks, retries and ticket batches, in
-Textual workers), and the engine's lifecycle, held by a `Core` that never imports Textual. The
-screens read the store, so runs of other processes on the same database show up live, and act
-through the engine; they never talk to a model backend. Workers report through typed messages.
+each, in `screens/`), the work that outlives a screen (tasks, retries, ticket batches and the
+runs that answered reviews resume, in Textual workers), and the engine's lifecycle, held by a
+`Core` that never imports Textual. The screens read the store, so runs of other processes on the
+same database show up live, and act through the engine; they never talk to a model backend.
+Workers report through typed messages.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from shoal.config import Settings
 from shoal.errors import ShoalError
 from shoal.store import Store
 from shoal.tui.core import Core
-from shoal.tui.messages import CancelRequested, RetryRequested, StartRequested, WorkFailed, WorkFinished
+from shoal.tui.messages import (
+    AnswerRequested,
+    CancelRequested,
+    RetryRequested,
+    ReviewAnswered,
+    StartRequested,
+    WorkFailed,
+    WorkFinished,
+)
 from shoal.tui.screens import ModelsScreen, NewTaskScreen, ReviewScreen, RunsScreen
 from shoal.tui.widgets import ShoalScreen
 
@@ -110,6 +119,10 @@ class ShoalApp(App[None]):
     def _retry_requested(self, message: RetryRequested) -> None:
         self.resume(message.run_id)
 
+    @on(AnswerRequested)
+    def _answer_requested(self, message: AnswerRequested) -> None:
+        self.answer(message.review_id, message.value)
+
     @on(CancelRequested)
     def _cancel_requested(self, message: CancelRequested) -> None:
         """Cancel a run this window started; its finished steps stay, `t` or `shoal resume` go on."""
@@ -129,6 +142,29 @@ class ShoalApp(App[None]):
             self.post_message(WorkFailed(f"retry of {run_id} failed: {exc}", timeout=10))
             return
         self.post_message(WorkFinished(f"run {run_id}", report.summary()))
+
+    @work(group="reviews")
+    async def answer(self, review_id: int, value: Any) -> None:
+        """Send a person's answer; the engine resumes the run at once (models may run for a while).
+
+        On the app, not the Review screen: leaving the screen would cancel the resumed run."""
+        self.notify(f"review {review_id}: answer sent, resuming its run")
+        try:
+            report = await self.engine.review(review_id, value, who="tui")
+        except Exception as exc:  # shown to the operator, the app keeps running
+            self.post_message(ReviewAnswered(review_id, "error", str(exc)))
+            return
+        self.post_message(ReviewAnswered(review_id, report.status))
+
+    @on(ReviewAnswered)
+    def _review_answered(self, message: ReviewAnswered) -> None:
+        if message.error:
+            self.notify(f"review {message.review_id}: {message.error}", severity="error", timeout=8, markup=False)
+        else:
+            self.notify(f"review {message.review_id} answered; run is {message.status}", markup=False)
+        for screen in self.screen_stack:
+            if isinstance(screen, ReviewScreen):
+                screen.action_refresh()
 
     @work(group="tasks")
     async def start(self, text: str) -> None:

@@ -7,7 +7,7 @@ app, which owns the long-running work (it outlives the screen that started it), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
@@ -31,6 +31,15 @@ class RetryRequested(Message):
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
+
+
+class AnswerRequested(Message):
+    """Answer a pending review (a label, or the specialist's output as JSON) and resume its run."""
+
+    def __init__(self, review_id: int, value: Any) -> None:
+        super().__init__()
+        self.review_id = review_id
+        self.value = value
 
 
 class CancelRequested(Message):

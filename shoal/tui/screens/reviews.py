@@ -6,13 +6,13 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from shoal.tui.data import question_text
-from shoal.tui.messages import ReviewAnswered
+from shoal.tui.messages import AnswerRequested
 from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
 
 
@@ -74,7 +74,7 @@ class ReviewScreen(ShoalScreen):
         if best is None:
             self.notify("the models gave no answer to accept: type one", severity="warning")
             return
-        self.answer(review_id, best)
+        self.app.post_message(AnswerRequested(review_id, best))
 
     @on(Input.Submitted, "#answer")
     def _typed(self, event: Input.Submitted) -> None:
@@ -86,26 +86,7 @@ class ReviewScreen(ShoalScreen):
         except ValueError:
             value = event.value.strip()  # a bare label
         event.input.value = ""
-        self.answer(review_id, value)
-
-    @work(exclusive=False, group="reviews")
-    async def answer(self, review_id: int, value: Any) -> None:
-        """Send the answer; the engine resumes the run at once (models may run for a while)."""
-        self.notify(f"review {review_id}: answer sent, resuming its run")
-        try:
-            report = await self.core.engine.review(review_id, value, who="tui")
-        except Exception as exc:  # shown to the operator, the app keeps running
-            self.post_message(ReviewAnswered(review_id, "error", str(exc)))
-            return
-        self.post_message(ReviewAnswered(review_id, report.status))
-
-    @on(ReviewAnswered)
-    def _answered(self, message: ReviewAnswered) -> None:
-        if message.error:
-            self.notify(f"review {message.review_id}: {message.error}", severity="error", timeout=8, markup=False)
-        else:
-            self.notify(f"review {message.review_id} answered; run is {message.status}", markup=False)
-        self.action_refresh()
+        self.app.post_message(AnswerRequested(review_id, value))
 
     def commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("Accept the best answer", "For the selected review", self.action_accept)
