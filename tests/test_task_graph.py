@@ -544,3 +544,22 @@ async def test_the_task_graph_as_a_subgraph_carries_its_runtime_through_a_review
     assert done["answer"]["answer"]["kind"]["label"] == "REFUND"
     assert len(backend.requests) == 1, "the resumed subgraph did not ask the model again"
     await shoal.aclose()
+
+
+async def test_a_cancelled_run_is_stopped_with_a_reason_a_person_can_read(tmp_path: Path) -> None:
+    import asyncio
+
+    backend = ScriptedBackend(lambda request: '{"label": "ORDER"}', delay_s=30)
+    shoal = Shoal(settings(tmp_path / "shoal.db"), router=ModelRouter(lambda _: backend))
+    started = asyncio.Event()
+    task = asyncio.create_task(shoal.run(TICKET, plan=TWO, on_start=lambda _: started.set()))
+    await started.wait()
+    while not backend.requests:  # in the middle of a model call
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (run,) = shoal.store.list_runs()
+    await shoal.aclose()
+    assert run.status == "stopped"
+    assert run.error is not None and run.error.startswith("cancelled; `shoal resume`"), run.error

@@ -35,6 +35,15 @@ def check_task(task: str | bytes, limit: int) -> str:
     return check_text(task, limit, what="task", raise_hint=_TASK_LIMIT_HINT)
 
 
+def stopped_because(exc: BaseException) -> str:
+    """Why a run stopped, as an operator reads it (a cancelled task's repr says nothing useful)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled; `shoal resume` goes on from the last finished step"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); `shoal resume` goes on from the last finished step"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class RunDriver:
     def __init__(self, wiring: Wiring) -> None:
         self.wiring = wiring
@@ -158,7 +167,7 @@ class RunDriver:
         """Record a run stopped by Ctrl-C, cancellation or an unexpected error, even while this
         task is being cancelled (the record is what lets `shoal resume` go on)."""
         write = asyncio.ensure_future(
-            self.store.offload(self._finish, run_id, RunStatus.STOPPED, started, error=f"{type(exc).__name__}: {exc}")
+            self.store.offload(self._finish, run_id, RunStatus.STOPPED, started, error=stopped_because(exc))
         )
         try:
             await asyncio.shield(write)
