@@ -14,11 +14,20 @@ from __future__ import annotations
 import csv
 import json
 import random
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from shoal.errors import InputFileError
+from shoal.models.base import ModelRef
+from shoal.specialists.classifier import Classifier, TextInput
+
+if TYPE_CHECKING:
+    from shoal.engine.facade import Shoal
 
 OUT_OF_SCOPE = "oos"
 
@@ -41,6 +50,11 @@ class Prediction(BaseModel):
         return self.predicted == self.gold
 
 
+class LabelledDataError(InputFileError, ValueError):
+    """Labelled data that cannot be read as such: the message names the file (and the line) and
+    says what to fix. A `ValueError` too, as these errors were before they had their own class."""
+
+
 def load_labelled(
     path: Path,
     *,
@@ -52,38 +66,61 @@ def load_labelled(
     """CSV, JSONL, or the CLINC150 JSON (`{"train": [[text, intent], ...], "oos_test": ...}`)."""
     if not path.is_file():
         raise FileNotFoundError(f"no labelled data at {path}")
+    try:
+        return _load(path, text_column, label_column, split, with_out_of_scope)
+    except UnicodeDecodeError:
+        raise LabelledDataError(f"{path} is not UTF-8 text: save it as UTF-8", path) from None
+
+
+def _labelled(path: Path, where: str, text: Any, label: Any) -> Labelled:
+    if not isinstance(text, str) or not isinstance(label, str):
+        raise LabelledDataError(f"{path} {where}: the text and the label must both be text", path)
+    return Labelled(text=text, label=label)
+
+
+def _load(path: Path, text_column: str, label_column: str, split: str, with_out_of_scope: bool) -> list[Labelled]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             missing = {text_column, label_column} - set(reader.fieldnames or [])
             if missing:
-                raise ValueError(
+                raise LabelledDataError(
                     f"{path} has no column(s) {sorted(missing)}; its columns are {reader.fieldnames}. "
-                    "Choose them with --text and --label"
+                    "Choose them with --text and --label",
+                    path,
                 )
-            return [Labelled(text=r[text_column], label=r[label_column]) for r in reader]
+            return [_labelled(path, f"line {reader.line_num}", r[text_column], r[label_column]) for r in reader]
     if suffix == ".jsonl":
         rows = []
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
-                record = json.loads(line)
-                if text_column not in record or label_column not in record:
-                    raise ValueError(f"{path} line {number} lacks '{text_column}' or '{label_column}'")
-                rows.append(Labelled(text=record[text_column], label=record[label_column]))
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise LabelledDataError(f"{path} line {number} is not JSON ({exc})", path) from None
+                if not isinstance(record, dict) or text_column not in record or label_column not in record:
+                    raise LabelledDataError(f"{path} line {number} lacks '{text_column}' or '{label_column}'", path)
+                rows.append(_labelled(path, f"line {number}", record[text_column], record[label_column]))
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise LabelledDataError(f"{path} is not valid JSON ({exc})", path) from None
         if not isinstance(data, dict) or split not in data:
             splits = sorted(data) if isinstance(data, dict) else []
-            raise ValueError(f"{path} has no split '{split}'; it has {splits}")
-        rows = [Labelled(text=t, label=lbl) for t, lbl in data[split]]
+            raise LabelledDataError(f"{path} has no split '{split}'; it has {splits}", path)
+        parts = [data[split], data.get(f"oos_{split}", []) if with_out_of_scope else []]
+        if not all(isinstance(part, list) and all(isinstance(p, list) and len(p) == 2 for p in part) for part in parts):
+            raise LabelledDataError(f"{path}: split '{split}' must be a list of [text, label] pairs", path)
+        rows = [_labelled(path, f"split '{split}'", t, lbl) for t, lbl in data[split]]
         if with_out_of_scope and f"oos_{split}" in data:
-            rows += [Labelled(text=t, label=OUT_OF_SCOPE) for t, _ in data[f"oos_{split}"]]
+            rows += [_labelled(path, f"split 'oos_{split}'", t, OUT_OF_SCOPE) for t, _ in data[f"oos_{split}"]]
         return rows
-    raise ValueError(f"{path}: use a .csv, .jsonl or CLINC150-style .json file")
+    raise LabelledDataError(f"{path}: use a .csv, .jsonl or CLINC150-style .json file", path)
 
 
 def stratified(rows: Sequence[Labelled], per_label: int, *, seed: int = 0) -> list[Labelled]:
@@ -236,3 +273,161 @@ def report(
         frontier_accuracy=frontier_accuracy,
         recommended=recommended,
     )
+
+
+# --- `shoal eval`: the rows, the loop, the result ---------------------------------------------
+
+# (what is evaluated, rows done, rows in all, accuracy so far), after each row
+EvalProgress = Callable[[str, int, int, float], None]
+
+
+class EvalSet(BaseModel):
+    """The rows to evaluate on, and the labels of the whole file (the classifier's label set)."""
+
+    rows: list[Labelled]
+    labels: list[str]
+
+
+class Evaluation(BaseModel):
+    """What `shoal eval` prints: what was evaluated, and how it did."""
+
+    what: str
+    report: Report
+
+
+def eval_set(
+    path: Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split: str = "test",
+    per_label: int | None = None,
+    out_of_scope: int | None = None,
+) -> EvalSet:
+    """The labelled rows of `path`: at most `per_label` of each label and `out_of_scope` of the
+    out-of-scope ones (stratified, in a fixed order), all of them when not given."""
+    rows = load_labelled(path, text_column=text_column, label_column=label_column, split=split)
+    labels = sorted({r.label for r in rows if r.label != OUT_OF_SCOPE})
+    in_scope = [r for r in rows if r.label != OUT_OF_SCOPE]
+    oos_rows = [r for r in rows if r.label == OUT_OF_SCOPE]
+    if per_label is not None:
+        in_scope = stratified(in_scope, per_label)
+    if out_of_scope is not None:
+        oos_rows = stratified(oos_rows, out_of_scope)
+    chosen = in_scope + oos_rows
+    if not chosen:
+        raise LabelledDataError(f"{path} holds no labelled rows", path)
+    return EvalSet(rows=chosen, labels=labels)
+
+
+def training_rows(
+    path: Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    split: str = "train",
+    per_label: int | None = None,
+) -> list[Labelled]:
+    """The rows of `path` a classifier head can learn from (in scope, with text): at most
+    `per_label` of each label (stratified), all of them when not given."""
+    rows = load_labelled(path, text_column=text_column, label_column=label_column, split=split, with_out_of_scope=False)
+    rows = [r for r in rows if r.label != OUT_OF_SCOPE and r.text.strip()]
+    return stratified(rows, per_label) if per_label is not None else rows
+
+
+def read_predictions(path: Path) -> dict[tuple[str, str], Prediction]:
+    """Predictions an earlier `shoal eval --out` wrote, by (text, gold label); none if no file."""
+    if not path.exists():
+        return {}
+    done: dict[tuple[str, str], Prediction] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            kept = Prediction.model_validate_json(line)
+        except ValidationError:
+            raise InputFileError(
+                f"{path} line {number} is not a prediction `shoal eval` wrote: give another --out, "
+                "or delete the file to start over",
+                path,
+            ) from None
+        done[(kept.text, kept.gold)] = kept
+    return done
+
+
+def eval_classifier(
+    engine: Shoal, labels: Sequence[str], *, model: ModelRef | None = None, specialist: str | None = None
+) -> tuple[Classifier, str]:
+    """The classifier to evaluate and its name: the configured `specialist` as it answers now
+    (its trained head, if active), or else `model` (default: the classifier's) prompted over
+    `labels`."""
+    if specialist is not None:
+        configured = engine.trainable(specialist)
+        engine.attach_heads({specialist: configured})
+        head = configured.head
+        version = None if head is None else head.info.version
+        how = "prompted" if head is None else "head (file)" if version is None else f"head v{version}"
+        return configured, f"{specialist} ({configured.model}, {how})"
+    ref = model or engine.settings.model_for("classifier")
+    return Classifier(engine.router, ref, labels, instruction="Classify the user's request by intent."), str(ref)
+
+
+async def predict(
+    classifier: Classifier,
+    rows: Sequence[Labelled],
+    *,
+    out: Path | None = None,
+    what: str = "",
+    progress: EvalProgress | None = None,
+) -> list[Prediction]:
+    """Classify each row once. With `out`, each prediction is appended to that JSONL file as it
+    comes, and rows it already holds are read from it, not classified again (re-running resumes)."""
+    done = read_predictions(out) if out is not None else {}
+    if classifier.embedder is not None:  # embed in batches first; each row then reads the cache
+        await classifier.embedder.embed([r.text for r in rows if (r.text, r.label) not in done])
+    predictions: list[Prediction] = []
+    correct = 0
+    sink = out.open("a", encoding="utf-8") if out is not None else None
+    try:
+        for row in rows:
+            known = done.get((row.text, row.label))
+            if known is None:
+                started = time.perf_counter()
+                result = await classifier.run(TextInput(text=row.text))
+                known = Prediction(
+                    text=row.text,
+                    gold=row.label,
+                    predicted=result.output.label if result.output else None,
+                    confidence=result.confidence,
+                    seconds=time.perf_counter() - started,
+                    error=result.error,
+                )
+                if sink is not None:
+                    sink.write(known.model_dump_json() + "\n")
+                    sink.flush()
+            predictions.append(known)
+            correct += known.correct
+            if progress is not None:
+                progress(what, len(predictions), len(rows), correct / len(predictions))
+    finally:
+        if sink is not None:
+            sink.close()
+    return predictions
+
+
+async def evaluate(
+    engine: Shoal,
+    data: EvalSet,
+    *,
+    model: ModelRef | None = None,
+    specialist: str | None = None,
+    out: Path | None = None,
+    target_accuracy: float = 0.9,
+    frontier_accuracy: float = 1.0,
+    progress: EvalProgress | None = None,
+) -> Evaluation:
+    """Evaluate a classifier on `data` (see `eval_classifier` for which) and recommend a threshold."""
+    classifier, what = eval_classifier(engine, data.labels, model=model, specialist=specialist)
+    predictions = await predict(classifier, data.rows, out=out, what=what, progress=progress)
+    result = report(predictions, data.labels, target_accuracy=target_accuracy, frontier_accuracy=frontier_accuracy)
+    return Evaluation(what=what, report=result)

@@ -9,16 +9,28 @@ from pathlib import Path
 import pytest
 from bitext import DATA
 
+from shoal.config import Settings
+from shoal.engine import Shoal
+from shoal.errors import InputFileError
 from shoal.evaluation import (
+    EvalSet,
     Labelled,
+    LabelledDataError,
     Prediction,
     auroc,
+    eval_set,
+    evaluate,
     expected_calibration_error,
     load_labelled,
     macro_f1,
+    predict,
     report,
     stratified,
 )
+from shoal.models.base import ModelRef
+from shoal.models.router import ModelRouter
+from shoal.models.scripted import ScriptedBackend
+from shoal.specialists.classifier import Classifier
 
 CLINC = DATA / "clinc150.json"
 
@@ -54,8 +66,9 @@ def test_loaders(tmp_path: Path) -> None:
     assert load_labelled(csv_file, text_column="instruction", label_column="category")[1] == Labelled(
         text="bye", label="B"
     )
-    with pytest.raises(ValueError, match="no column"):
+    with pytest.raises(ValueError, match="no column") as caught:
         load_labelled(csv_file)
+    assert isinstance(caught.value, InputFileError) and caught.value.exit_code == 2  # one line at the command
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n')
     assert len(load_labelled(jsonl)) == 2
@@ -91,3 +104,47 @@ def test_shoal_eval_on_clinc150(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["accuracy"] == result["accuracy"]
+
+
+def test_eval_set_samples_and_refuses_an_empty_one(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"t{i},{'AB'[i % 2]}\n" for i in range(10)) + "x,oos\ny,oos\n")
+    chosen = eval_set(data, per_label=2, out_of_scope=1)
+    assert chosen.labels == ["A", "B"] and len(chosen.rows) == 5
+    assert sum(r.label == "oos" for r in chosen.rows) == 1
+    with pytest.raises(LabelledDataError, match="holds no labelled rows"):
+        eval_set(data, per_label=0, out_of_scope=0)
+
+
+ROWS = [Labelled(text="refund me please", label="REFUND"), Labelled(text="where is my parcel", label="ORDER")]
+
+
+async def test_predict_writes_as_it_goes_and_a_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "predictions.jsonl"
+    backend = ScriptedBackend(['{"label": "REFUND"}', '{"label": "REFUND"}'])
+    router = ModelRouter(lambda _: backend)
+    seen: list[tuple[str, int, int, float]] = []
+    classifier = Classifier(router, "scripted:small", ["ORDER", "REFUND"])
+    first = await predict(classifier, ROWS, out=out, what="small", progress=lambda *a: seen.append(a))
+    assert [p.predicted for p in first] == ["REFUND", "REFUND"] and len(backend.requests) == 2
+    assert seen == [("small", 1, 2, 1.0), ("small", 2, 2, 0.5)]
+    assert len(out.read_text().splitlines()) == 2
+    again = await predict(
+        Classifier(ModelRouter(lambda _: ScriptedBackend()), "scripted:small", ["ORDER", "REFUND"]), ROWS, out=out
+    )
+    assert again == first, "read back from the file: no model call (the scripted backend has none to give)"
+    out.write_text("not a prediction\n")
+    with pytest.raises(InputFileError, match="line 1 is not a prediction"):
+        await predict(classifier, ROWS, out=out)
+
+
+async def test_evaluate_a_model_or_a_configured_specialist(tmp_path: Path) -> None:
+    backend = ScriptedBackend(lambda request: '{"label": "ORDER"}')
+    engine = Shoal(Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")}), router=ModelRouter(lambda _: backend))
+    data = EvalSet(rows=ROWS, labels=["ORDER", "REFUND"])
+    async with engine:
+        prompted = await evaluate(engine, data, model=ModelRef.parse("ollama:small"), target_accuracy=0.5)
+        configured = await evaluate(engine, data, specialist="intent")
+    assert prompted.what == "ollama:small" and prompted.report.n == 2 and prompted.report.accuracy == 0.5
+    assert configured.what == "intent (embedded:smollm2-135m, prompted)"
+    assert "the user's request" in backend.requests[0].messages[0].content  # prompted over the data's labels

@@ -14,9 +14,11 @@ from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.planner import Plan, Planner
 from shoal.backends import build_router
 from shoal.config import Settings
-from shoal.engine import admin
+from shoal.engine import admin, reviews, views
 from shoal.engine.reports import HeadSummary, RunReport
+from shoal.engine.reviews import ReviewDetail
 from shoal.engine.runs import RunDriver
+from shoal.engine.views import RunDetail, RunSummary
 from shoal.engine.wiring import TASK, Specialists, Wiring, default_specialists
 from shoal.evaluation import Labelled
 from shoal.graphs.task import record_call
@@ -25,8 +27,9 @@ from shoal.models.embeddings import Embedder
 from shoal.models.router import ModelRouter
 from shoal.specialists.classifier import Classifier
 from shoal.specialists.heads import MIN_PER_LABEL
+from shoal.status import RunStatus
 from shoal.store.db import Store, StoreLedger
-from shoal.tickets.files import BadRow, TicketRow
+from shoal.tickets.files import BadRow, TicketRow, write_results
 from shoal.tickets.triage import WORKFLOW as TICKETS
 from shoal.tickets.triage import TicketDesk, TicketOutcome
 from shoal.training import Progress as TrainProgress
@@ -154,6 +157,37 @@ class Shoal:
     def report(self, run_id: str) -> RunReport:
         return self.runs.report(run_id)
 
+    def check_plan(self, plan: Any, *, what: str = "the plan") -> Plan:
+        """A plan a person gave (JSON data) as one that can run here, or an error saying why not."""
+        return reviews.check_plan(self.wiring, plan, what=what)
+
+    # --- what the faces show ----------------------------------------------------------------
+
+    def list_runs(self, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
+        return views.run_summaries(self.store, status=status, limit=limit)
+
+    def run_detail(self, run_id: str) -> RunDetail:
+        """A run (id or unique prefix) with its steps, escalations and model calls, as typed rows."""
+        return views.run_detail(self.store, run_id)
+
+    # --- reviews ----------------------------------------------------------------------------
+
+    async def answer_review(
+        self, review_id: int, text: str | None = None, *, accept: bool = False, who: str = "a person"
+    ) -> RunReport:
+        """Answer a review with what a person typed (JSON, a label, or plain text for a one-text
+        output), or `accept` the models' best answer; its run goes on at once. See `reviews`."""
+        return await reviews.answer(self.runs, review_id, text, accept=accept, who=who)
+
+    def review_detail(self, review_id: int) -> ReviewDetail:
+        return reviews.detail(self.wiring, review_id)
+
+    def pending_reviews(self) -> list[ReviewDetail]:
+        return reviews.pending(self.wiring)
+
+    def best_answer(self, review_id: int) -> dict[str, Any] | None:
+        return reviews.best_answer(self.store, review_id)
+
     # --- tickets ----------------------------------------------------------------------------
 
     async def triage_ticket(self, row: TicketRow | BadRow, *, source: str = "", force: bool = False) -> TicketOutcome:
@@ -174,6 +208,10 @@ class Shoal:
         return await self.tickets.triage(
             rows, source=source, concurrency=concurrency, force=force, on_ticket=on_ticket, on_pause=on_pause
         )
+
+    def export_tickets(self, source: str, keys: Sequence[str], out: Path) -> int:
+        """Write these tickets' results to `out` (.jsonl or .csv), atomically; returns how many."""
+        return write_results(self.store.tickets(source, keys), out)
 
     # --- trained heads ----------------------------------------------------------------------
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from shoal.errors import InputFileError, TaskError
 from shoal.inputs import check_text
+from shoal.tickets.plan import FIELDS
+
+if TYPE_CHECKING:
+    from shoal.store.tables import Ticket
 
 
 class TicketRow(BaseModel):
@@ -115,3 +119,47 @@ def read_tickets(
                 continue
             key = str(record.get(id_column) or "").strip() if id_column else ""
             yield check(key or f"{stem}:{number}", number, record.get(text_column))
+
+
+def result_record(row: Ticket) -> dict[str, Any]:
+    """A triaged ticket as one flat record: per field its value (a label, the summary or reply
+    text, or the extracted entities), confidence, who answered and how the step ended."""
+    fields = json.loads(row.result_json) if row.result_json else {}
+    record: dict[str, Any] = {"id": row.key, "line": row.line, "status": str(row.status), "queue": row.queue}
+    for name in FIELDS:
+        field = fields.get(name) or {}
+        output = field.get("output")
+        if isinstance(output, dict) and "label" in output:
+            value: Any = output["label"]
+        elif isinstance(output, dict) and "summary" in output:
+            value = output["summary"]
+        elif isinstance(output, dict) and "reply" in output:
+            value = output["reply"]
+        else:
+            value = output
+        record[name] = value
+        record[f"{name}_confidence"] = field.get("confidence")
+        record[f"{name}_by"] = field.get("answered_by")
+        record[f"{name}_status"] = field.get("status")
+    record["run_id"] = row.run_id
+    record["error"] = row.error
+    return record
+
+
+def write_results(rows: Iterable[Ticket], out: Path) -> int:
+    """Write triaged tickets to `out` as JSONL, or CSV (nested values as JSON text), by its
+    suffix; returns how many. Written beside it first and then renamed over it, so `out` is
+    never a half-written file, even when the batch is interrupted."""
+    records = [result_record(row) for row in rows]
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        if out.suffix.lower() == ".jsonl":
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            flat = [{k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()} for r in records]
+            writer = csv.DictWriter(handle, fieldnames=list(flat[0]) if flat else ["id"])
+            writer.writeheader()
+            writer.writerows(flat)
+    tmp.replace(out)
+    return len(records)
