@@ -8,9 +8,8 @@ import json
 import os
 import stat
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel, create_model
@@ -21,6 +20,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -28,11 +28,20 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from shoal.backends import build_backend, build_router
+from shoal.backends import build_router
 from shoal.config import Settings, find_config
 from shoal.errors import InputFileError, ShoalError
-from shoal.models.base import BACKENDS, ChatRequest, Message, ModelRef, RetryPolicy
-from shoal.status import ReviewStatus, RunStatus, TicketStatus
+from shoal.models.base import BACKENDS, ChatRequest, Message, ModelRef
+from shoal.status import RunStatus, TicketStatus
+
+if TYPE_CHECKING:
+    from shoal.agents.planner import Plan
+    from shoal.engine import RunReport, Shoal
+    from shoal.engine.reviews import ReviewDetail
+    from shoal.engine.views import RunDetail
+    from shoal.evaluation import Evaluation
+    from shoal.tickets.triage import TicketOutcome
+    from shoal.training import TrainReport
 
 app = typer.Typer(
     name="shoal",
@@ -81,6 +90,39 @@ def _input_file(path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
+class UsageError(ShoalError):
+    """An option that cannot work as given (a model reference, an output file): one line, exit 2."""
+
+    exit_code = 2
+
+
+def _output_file(path: Path, option: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` if results can be written there, else a `UsageError` saying why, before any work
+    starts (not a traceback when the results are written at the end of a long batch)."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: use a {' or '.join(suffixes)} file")
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory: give a file name")
+    if not folder.is_dir():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise UsageError(f"{option} {path}: folder {folder}{where} does not exist: create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path} cannot be written (permission denied): choose another path")
+    return path
+
+
+def _model_ref(text: str, option: str = "--model") -> ModelRef:
+    """A `backend:model` typed on the command line, or a `UsageError` saying what is wrong."""
+    try:
+        ref = ModelRef.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if ref.backend not in BACKENDS:  # the scripted backend exists for tests written in Python
+        raise UsageError(f"{option}: {text!r} names backend {ref.backend!r}; use one of {', '.join(BACKENDS)}")
+    return ref
+
+
 def _settings(config: Path | None) -> Settings:
     found = find_config(config, os.environ)
     if found is not None:  # the file Settings.load is about to read
@@ -94,6 +136,7 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _read_plan(path: Path) -> Any:
+    """The JSON in a `--plan` file (the engine checks that it is a plan that can run)."""
     hint = "give a plan in JSON, like examples/ticket_plan.json, or leave --plan out and let the planner choose"
     try:
         text = path.read_text(encoding="utf-8")
@@ -113,12 +156,15 @@ def fields_model(spec: str) -> type[BaseModel]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, kind = part.partition(":")
         kind = kind.strip() or "str"
-        if not name.strip().isidentifier() or kind not in _FIELD_TYPES:
+        name = name.strip()
+        reserved = name.startswith("_") or (name.startswith("model_") and hasattr(BaseModel, name))
+        if not name.isidentifier() or reserved or kind not in _FIELD_TYPES:
             raise typer.BadParameter(
-                f"field {part!r} must be NAME:TYPE with TYPE one of {', '.join(_FIELD_TYPES)}",
+                f"field {part!r} must be NAME:TYPE with TYPE one of {', '.join(_FIELD_TYPES)} "
+                "(NAME a Python identifier, not starting with _ nor a pydantic name such as model_dump)",
                 param_hint="--fields",
             )
-        fields[name.strip()] = (_FIELD_TYPES[kind], ...)
+        fields[name] = (_FIELD_TYPES[kind], ...)
     if not fields:
         raise typer.BadParameter("give at least one NAME:TYPE", param_hint="--fields")
     model: type[BaseModel] = create_model("Answer", **fields)
@@ -133,13 +179,13 @@ def ask(
         str | None,
         typer.Option(help="Structured answer with these fields, e.g. 'order_id:str,urgent:bool'."),
     ] = None,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.", min=1)] = 256,
     config: ConfigOption = None,
 ) -> None:
     """One model call through shoal's backends; with --fields the answer is validated JSON."""
     settings = _settings(config)
     text = sys.stdin.read() if prompt == "-" else prompt
-    ref = ModelRef.parse(model or settings.default_model)
+    ref = _model_ref(model) if model else ModelRef.parse(settings.default_model)
     schema = fields_model(fields) if fields else None
     system = "Answer with a JSON object only." if schema else "You are a helpful assistant. Answer briefly."
     request = ChatRequest(
@@ -171,13 +217,13 @@ def ask(
     asyncio.run(go())
 
 
-def _engine(config: Path | None) -> Any:
-    from shoal.engine import Shoal
+def _engine(config: Path | None) -> Shoal:
+    from shoal.engine import Shoal  # the engine loads LangGraph: only for the commands that need it
 
     return Shoal(_settings(config))
 
 
-def _print_report(report: Any, as_json: bool) -> None:
+def _print_report(report: RunReport, as_json: bool) -> None:
     if as_json:
         console.print_json(report.model_dump_json())
     elif report.answer is not None:
@@ -201,8 +247,9 @@ def run(
 ) -> None:
     """Plan and run a task; prints the result and a one-line cost and escalation summary."""
     text: str | bytes = sys.stdin.buffer.read() if task == "-" else task
-    chosen = _read_plan(plan) if plan else None
+    given = _read_plan(plan) if plan else None
     engine = _engine(config)
+    chosen: Plan | None = None if plan is None else engine.check_plan(given, what=f"plan {plan}")
     report = engine.run_sync(text, plan=chosen)
     _print_report(report, as_json)
     if report.status == RunStatus.FAILED:
@@ -226,13 +273,11 @@ def runs(
     config: ConfigOption = None,
 ) -> None:
     """Recent runs."""
-    from shoal.store import Store
-
-    store = Store(_settings(config).db_path)
-    table = Table(title=_literal(f"runs in {store.path}"))
+    engine = _engine(config)
+    table = Table(title=_literal(f"runs in {engine.settings.db_path}"))
     for column in ("id", "status", "started", "task", "calls", "esc.", "tokens", "cost", "secs"):
         table.add_column(column, overflow="fold")
-    for row in store.list_runs(status=status, limit=limit):
+    for row in engine.list_runs(status=status, limit=limit):
         table.add_row(
             row.id,
             row.status,
@@ -247,6 +292,10 @@ def runs(
     console.print(table)
 
 
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 @app.command()
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
@@ -254,10 +303,11 @@ def show(
     config: ConfigOption = None,
 ) -> None:
     """A run's steps with confidence and evidence, its escalations and its model calls."""
-    from shoal.store import Store
+    _print_run(_engine(config).run_detail(run_id), calls)
 
-    store = Store(_settings(config).db_path)
-    run = store.find_run(run_id)
+
+def _print_run(detail: RunDetail, with_calls: bool) -> None:
+    run = detail.run
     console.print(
         f"[bold]run {run.id}[/bold]  {run.status}  {escape(run.workflow)}  {run.created_at:%Y-%m-%d %H:%M:%S}"
     )
@@ -265,42 +315,32 @@ def show(
     if run.error:
         console.print(Text(f"error: {run.error}", style="red"))
     steps = Table(title="steps", show_lines=True)
-    for column in (
-        "step",
-        "specialist",
-        "status",
-        "confidence",
-        "first",
-        "answered by",
-        "output",
-        "evidence",
-    ):
+    for column in ("step", "specialist", "status", "confidence", "first", "answered by", "output", "evidence"):
         steps.add_column(column, overflow="fold")
-    for step in store.steps(run.id):
-        evidence = "; ".join(f"{e['name']}={e['value']:.2f} {e['detail']}" for e in json.loads(step.evidence_json))
+    for step in detail.steps:
+        evidence = "; ".join(f"{e.name}={e.value:.2f} {e.detail}" for e in step.evidence)
         steps.add_row(
             _literal(step.step_id),
             _literal(step.specialist),
             step.status,
-            "-" if step.confidence is None else f"{step.confidence:.2f}",
-            "-" if step.first_confidence is None else f"{step.first_confidence:.2f}",
+            _score(step.confidence),
+            _score(step.first_confidence),
             _literal(step.answered_by or "-"),
             _literal((step.output_json or step.error or "")[:300]),
             _literal(evidence[:400]),
         )
     console.print(steps)
-    escalations = store.escalations(run.id)
-    if escalations:
+    if detail.escalations:
         table = Table(title="escalations")
         for column in ("step", "rung", "outcome", "before", "after", "model", "cost", "reason"):
             table.add_column(column, overflow="fold")
-        for e in escalations:
+        for e in detail.escalations:
             table.add_row(
                 _literal(e.step_id or "-"),
                 e.rung,
                 e.outcome,
                 f"{e.confidence_before:.2f}",
-                "-" if e.confidence_after is None else f"{e.confidence_after:.2f}",
+                _score(e.confidence_after),
                 _literal(e.model or "-"),
                 f"${e.cost_usd:.4f}",
                 _literal(e.reason),
@@ -309,8 +349,7 @@ def show(
     table = Table(title="model calls")
     for column in ("#", "step", "model", "tokens", "latency", "cost", "confidence", "error"):
         table.add_column(column, overflow="fold")
-    rows = store.model_calls(run.id)
-    for call in rows:
+    for call in detail.calls:
         table.add_row(
             str(call.id),
             _literal(call.step_id or "-"),
@@ -318,15 +357,15 @@ def show(
             f"{call.tokens_in}+{call.tokens_out}",
             f"{call.latency_s:.2f}s",
             f"${call.cost_usd:.4f}",
-            "-" if call.confidence is None else f"{call.confidence:.2f}",
+            _score(call.confidence),
             _literal(call.error or ""),
         )
     console.print(table)
-    if calls:
-        for call in rows:
+    if with_calls:
+        for call in detail.calls:
             console.rule(_literal(f"call {call.id}: {call.model} (step {call.step_id})"))
             console.print_json(call.request_json)
-            console.print_json(call.reply_json or json.dumps({"error": call.error, "raw_text": call.raw_text}))
+            console.print_json(call.reply)
     console.print(
         f"{run.model_calls} model calls, {run.escalations} escalations, {run.tokens_in}+{run.tokens_out} tokens, "
         f"${run.cost_usd:.4f} frontier, {run.seconds:.1f}s"
@@ -335,57 +374,95 @@ def show(
 
 @app.command()
 def review(
-    review_id: Annotated[int | None, typer.Argument(help="The review to answer; none lists pending ones.")] = None,
+    review_id: Annotated[
+        int | None, typer.Argument(help="The review to show or answer; none lists the pending ones.")
+    ] = None,
     answer: Annotated[
         str | None,
-        typer.Option(help="The answer: JSON of the specialist's output, or a label for a classifier."),
+        typer.Option(
+            help="The answer: a label for a classifier (any case), plain text for a summary or a reply, "
+            "or JSON of the specialist's output."
+        ),
     ] = None,
     accept: Annotated[bool, typer.Option(help="Accept the best answer the models gave.")] = False,
     who: Annotated[str, typer.Option(help="Who answers (recorded with the answer).")] = "cli",
     config: ConfigOption = None,
 ) -> None:
-    """List pending human decisions, or answer one; its run then goes on at once."""
-    from shoal.store import Store
-
-    settings = _settings(config)
-    if review_id is None:
-        store = Store(settings.db_path)
-        pending = store.reviews(status=ReviewStatus.PENDING)
-        if not pending:
-            console.print("no reviews waiting")
-            return
-        table = Table(title="waiting for a person", show_lines=True)
-        for column in ("id", "run", "step", "specialist", "confidence", "best answer", "why"):
-            table.add_column(column, overflow="fold")
-        for row in pending:
-            q = json.loads(row.question_json)
-            table.add_row(
-                str(row.id),
-                row.run_id,
-                _literal(row.step_id),
-                _literal(row.specialist),
-                f"{q.get('confidence', 0):.2f}",
-                _literal(json.dumps(q.get("best_answer"))[:300]),
-                _literal("; ".join(q.get("reasons", []))[:300]),
-            )
-        console.print(table)
-        console.print("answer with `shoal review ID --answer JSON` or `--accept`")
-        return
+    """List pending human decisions, show one, or answer it; its run then goes on at once."""
     engine = _engine(config)
-    row = engine.store.get_review(review_id)
-    if accept:
-        value: Any = json.loads(row.question_json).get("best_answer")
-        if value is None:
-            raise typer.BadParameter("the models gave no answer to accept; give --answer", param_hint="--accept")
-    elif answer is not None:
-        try:
-            value = json.loads(answer)
-        except json.JSONDecodeError:
-            value = answer  # a bare label
+    if review_id is None:
+        _print_pending(engine.pending_reviews())
+    elif answer is None and not accept:
+        _print_review(engine.review_detail(review_id))
     else:
-        raise typer.BadParameter("give --answer JSON or --accept", param_hint="--answer")
-    report = asyncio.run(engine.closing(engine.review(review_id, value, who=who)))
-    _print_report(report, False)
+        report = asyncio.run(engine.closing(engine.answer_review(review_id, answer, accept=accept, who=who)))
+        _print_report(report, False)
+
+
+def _short_json(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _print_pending(pending: list[ReviewDetail]) -> None:
+    if not pending:
+        console.print("no reviews waiting")
+        return
+    table = Table(title="waiting for a person", show_lines=True)
+    for column in ("id", "run", "step", "specialist", "confidence", "best answer", "why"):
+        table.add_column(column, overflow="fold")
+    for item in pending:
+        table.add_row(
+            str(item.id),
+            item.run_id,
+            _literal(item.step_id),
+            _literal(item.specialist),
+            f"{item.confidence:.2f}",
+            _literal(_short_json(item.best_answer)),
+            _literal("; ".join(item.reasons)[:300]),
+        )
+    console.print(table)
+    console.print("see one with `shoal review ID`; answer with `shoal review ID --answer ANSWER` or `--accept`")
+
+
+def _print_review(item: ReviewDetail) -> None:
+    console.print(
+        Text.assemble(
+            (f"review {item.id}", "bold"),
+            f"  {item.status}  {item.specialist}, step {item.step_id} of run {item.run_id}",
+        )
+    )
+    if item.instruction:
+        console.print(_literal(f"asked: {item.instruction}"))
+    text = item.input_text if len(item.input_text) <= 2000 else item.input_text[:2000] + "…"
+    console.print(Text("input:", style="bold"))
+    console.print(_literal(text), soft_wrap=True)
+    console.print(
+        _literal(
+            f"small model {item.small_model or '-'}: {_short_json(item.small_answer, 1000)}, "
+            f"confidence {item.confidence:.2f}"
+        )
+    )
+    if item.evidence:
+        console.print(Text("evidence:", style="bold"))
+    for e in item.evidence:
+        console.print(_literal(f"  {e.name} = {e.value:.2f}  {e.detail}"))
+    if item.frontier is not None:
+        console.print(
+            _literal(f"frontier {item.frontier.model or '-'}: {item.frontier.outcome}. {item.frontier.reason}")
+        )
+    if item.reasons:
+        console.print(Text("why it is here:", style="bold"))
+        for reason in item.reasons:
+            console.print(_literal(f"  {reason}"))
+    best = _short_json(item.best_answer, 2000) if item.best_answer is not None else "none (no usable model answer)"
+    console.print(Text.assemble(("best answer: ", "bold"), best))
+    if item.answer is not None:
+        console.print(_literal(f"answered by {item.answered_by}: {_short_json(item.answer, 2000)}"))
+        return
+    console.print(_literal(f"answer with `shoal review {item.id} --answer ANSWER`: it takes {item.expects}"))
+    if item.best_answer is not None:
+        console.print(_literal(f"or take the best answer with `shoal review {item.id} --accept`"))
 
 
 @app.command()
@@ -406,8 +483,8 @@ def triage(
 
     from shoal.tickets.files import read_tickets, ticket_source
 
-    if out is not None and out.suffix.lower() not in (".jsonl", ".csv"):
-        raise typer.BadParameter("use a .jsonl or .csv file", param_hint="--out")
+    if out is not None:
+        _output_file(out, "--out", (".jsonl", ".csv"))
     _input_file(file, "ticket file", "give a CSV or JSONL export of your tickets")
     engine = _engine(config)
     rows = list(
@@ -430,7 +507,7 @@ def triage(
     ) as progress:
         bar = progress.add_task("triage", total=len(rows), status="")
 
-        def update(outcome: Any) -> None:
+        def update(outcome: TicketOutcome) -> None:
             if outcome.skipped:
                 counts["skipped"] += 1
             elif outcome.status in counts:
@@ -454,25 +531,14 @@ def triage(
         def paused(reason: str, delay_s: float) -> None:
             progress.console.print(Text(f"paused: {reason}; retrying in {delay_s:.0f}s", style="yellow"))
 
-        async def go() -> list[Any]:
-            try:
-                outcomes: list[Any] = await engine.triage(
-                    rows,
-                    source=ticket_source(file),
-                    concurrency=concurrency,
-                    force=force,
-                    on_ticket=update,
-                    on_pause=paused,
-                )
-            finally:
-                await engine.aclose()
-            return outcomes
-
+        work = engine.triage(
+            rows, source=ticket_source(file), concurrency=concurrency, force=force, on_ticket=update, on_pause=paused
+        )
         try:
-            asyncio.run(go())
+            asyncio.run(engine.closing(work))
         finally:  # also on Ctrl-C: what finished is in the database, and in the output file
             if out is not None:
-                written = _write_tickets(engine, ticket_source(file), [r.key for r in rows], out)
+                written = engine.export_tickets(ticket_source(file), [r.key for r in rows], out)
                 err.print(_literal(f"wrote {written} tickets to {out}"))
     for line in problems:
         err.print(Text(line, style="yellow"))
@@ -486,48 +552,6 @@ def triage(
     if counts["failed"]:
         # scripts and schedulers must see it: run again to retry them (finished tickets are skipped)
         raise typer.Exit(1)
-
-
-def _write_tickets(engine: Any, source: str, keys: list[str], out: Path) -> int:
-    import csv
-
-    from shoal.tickets.plan import FIELDS
-
-    rows = engine.store.tickets(source, keys)
-    records = []
-    for row in rows:
-        fields = json.loads(row.result_json) if row.result_json else {}
-        record: dict[str, Any] = {"id": row.key, "line": row.line, "status": row.status, "queue": row.queue}
-        for name in FIELDS:
-            field = fields.get(name) or {}
-            output = field.get("output")
-            if isinstance(output, dict) and "label" in output:
-                value: Any = output["label"]
-            elif isinstance(output, dict) and "summary" in output:
-                value = output["summary"]
-            elif isinstance(output, dict) and "reply" in output:
-                value = output["reply"]
-            else:
-                value = output
-            record[name] = value
-            record[f"{name}_confidence"] = field.get("confidence")
-            record[f"{name}_by"] = field.get("answered_by")
-            record[f"{name}_status"] = field.get("status")
-        record["run_id"] = row.run_id
-        record["error"] = row.error
-        records.append(record)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        if out.suffix.lower() == ".jsonl":
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            flat = [{k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()} for r in records]
-            writer = csv.DictWriter(handle, fieldnames=list(flat[0]) if flat else ["id"])
-            writer.writeheader()
-            writer.writerows(flat)
-    tmp.replace(out)  # never a half-written results file
-    return len(records)
 
 
 @app.command()
@@ -565,96 +589,51 @@ def eval_(
     config: ConfigOption = None,
 ) -> None:
     """Evaluate a classifier on labelled data and recommend a threshold."""
-    from shoal.evaluation import OUT_OF_SCOPE, Prediction, load_labelled, report, stratified
-    from shoal.specialists.classifier import Classifier, TextInput
+    from shoal.evaluation import eval_set, evaluate
 
+    ref = _model_ref(model) if model else None
+    if out is not None:
+        _output_file(out, "--out")
     _input_file(data, "labelled data", _LABELLED)
-    settings = _settings(config)
-    rows = load_labelled(data, text_column=text, label_column=label, split=split)
-    labels = sorted({r.label for r in rows if r.label != OUT_OF_SCOPE})
-    in_scope = [r for r in rows if r.label != OUT_OF_SCOPE]
-    oos_rows = [r for r in rows if r.label == OUT_OF_SCOPE]
-    if per_label is not None:
-        in_scope = stratified(in_scope, per_label)
-    if out_of_scope is not None:
-        oos_rows = stratified(oos_rows, out_of_scope)
-    chosen = in_scope + oos_rows
-    if not chosen:
-        raise typer.BadParameter(f"{data} holds no labelled rows", param_hint="DATA")
-    ref = ModelRef.parse(model) if model else settings.model_for("classifier")
+    chosen = eval_set(
+        data, text_column=text, label_column=label, split=split, per_label=per_label, out_of_scope=out_of_scope
+    )
+    engine = _engine(config)
+    with Progress(
+        TextColumn("[bold]eval[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[acc]}"),
+        console=err,
+    ) as progress:
+        bars: dict[str, TaskID] = {}
 
-    done: dict[tuple[str, str], Prediction] = {}
-    if out is not None and out.exists():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                kept = Prediction.model_validate_json(line)
-                done[(kept.text, kept.gold)] = kept
+        def update(what: str, done: int, total: int, accuracy: float) -> None:
+            if what not in bars:
+                bars[what] = progress.add_task(escape(what), total=total, acc="")
+            progress.update(bars[what], completed=done, acc=f"acc {accuracy:.2f}")
 
-    engine = _engine(config) if specialist is not None else None
-    what = str(ref)
-    if engine is not None and specialist is not None:
-        configured = engine.trainable(specialist)
-        engine.attach_heads({specialist: configured})
-        how = f"head v{configured.head.info.version}" if configured.head is not None else "prompted"
-        what = f"{specialist} ({configured.model}, {how})"
-
-    async def go() -> list[Prediction]:
-        router = build_router(settings) if engine is None else engine.router
-        classifier = (
-            Classifier(router, ref, labels, instruction="Classify the user's request by intent.")
-            if engine is None
-            else engine.trainable(specialist)
+        work = evaluate(
+            engine,
+            chosen,
+            model=ref,
+            specialist=specialist,
+            out=out,
+            target_accuracy=target,
+            frontier_accuracy=frontier_accuracy,
+            progress=update,
         )
-        if classifier.embedder is not None:  # embed in batches first; each row then reads the cache
-            await classifier.embedder.embed([r.text for r in chosen if (r.text, r.label) not in done])
-        predictions: list[Prediction] = []
-        sink = out.open("a", encoding="utf-8") if out is not None else None
-        try:
-            with Progress(
-                TextColumn("[bold]eval[/bold] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[acc]}"),
-                console=err,
-            ) as progress:
-                task = progress.add_task(escape(str(ref)), total=len(chosen), acc="")
-                for row in chosen:
-                    known = done.get((row.text, row.label))
-                    if known is None:
-                        started = time.perf_counter()
-                        result = await classifier.run(TextInput(text=row.text))
-                        known = Prediction(
-                            text=row.text,
-                            gold=row.label,
-                            predicted=result.output.label if result.output else None,
-                            confidence=result.confidence,
-                            seconds=time.perf_counter() - started,
-                            error=result.error,
-                        )
-                        if sink is not None:
-                            sink.write(known.model_dump_json() + "\n")
-                            sink.flush()
-                    predictions.append(known)
-                    correct = sum(p.correct for p in predictions)
-                    progress.update(task, advance=1, acc=f"acc {correct / len(predictions):.2f}")
-        finally:
-            if sink is not None:
-                sink.close()
-            await (router.aclose() if engine is None else engine.aclose())
-        return predictions
-
-    predictions = asyncio.run(go())
-    result = report(predictions, labels, target_accuracy=target, frontier_accuracy=frontier_accuracy)
+        result = asyncio.run(engine.closing(work))
     if as_json:
-        console.print_json(result.model_dump_json())
+        console.print_json(result.report.model_dump_json())
         return
-    _print_eval(result, what, data)
+    _print_eval(result, data)
 
 
-def _print_eval(result: Any, model: str, data: Path) -> None:
-    summary = Table(title=_literal(f"{model} on {data.name}: {result.n} rows"), show_header=False)
-    summary.add_column("metric")
+def _print_eval(evaluation: Evaluation, data: Path) -> None:
+    result = evaluation.report
+    summary = Table(title=_literal(f"{evaluation.what} on {data.name}: {result.n} rows"), show_header=False)
     summary.add_column("value", justify="right")
     summary.add_row("rows in scope / out of scope", f"{result.n_in_scope} / {result.n_out_of_scope}")
     summary.add_row("accuracy (in scope)", f"{result.in_scope_accuracy:.3f}")
@@ -723,21 +702,21 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train a classifier head on embeddings from files and from escalated answers (the flywheel)."""
-    from shoal.evaluation import OUT_OF_SCOPE, load_labelled, stratified
+    from shoal.evaluation import training_rows
 
     for path in data or []:
         _input_file(path, "training data", _LABELLED + ", or leave --data out to train on what the store keeps")
     engine = _engine(config)
     engine.trainable(specialist)
     if activate is not None:
-        row = engine.store.activate_head(specialist, activate)
-        console.print(_literal(f"{specialist}: head v{row.version} is active"))
+        engine.activate_head(specialist, activate)
+        console.print(_literal(f"{specialist}: head v{activate} is active"))
         return
-    rows = []
-    for path in data or []:
-        found = load_labelled(path, text_column=text, label_column=label, split=split, with_out_of_scope=False)
-        found = [r for r in found if r.label != OUT_OF_SCOPE and r.text.strip()]
-        rows += stratified(found, per_label) if per_label is not None else found
+    rows = [
+        row
+        for path in data or []
+        for row in training_rows(path, text_column=text, label_column=label, split=split, per_label=per_label)
+    ]
 
     with Progress(
         TextColumn("[bold]train[/bold] {task.description}"),
@@ -746,14 +725,14 @@ def train(
         TimeRemainingColumn(),
         console=err,
     ) as progress:
-        bars: dict[str, Any] = {}
+        bars: dict[str, TaskID] = {}
 
         def update(what: str, done: int, total: int) -> None:
             if what not in bars:
                 bars[what] = progress.add_task(escape(what), total=total)
             progress.update(bars[what], completed=done, total=total)
 
-        async def go() -> Any:
+        async def go() -> TrainReport:
             return await engine.closing(
                 engine.train(
                     specialist,
@@ -773,7 +752,7 @@ def train(
     _print_training(result)
 
 
-def _print_training(result: Any) -> None:
+def _print_training(result: TrainReport) -> None:
     sources = ", ".join(f"{n} {source}" for source, n in sorted(result.by_source.items()))
     console.print(
         f"[bold]{escape(result.specialist)}[/bold]: {result.examples} examples ({escape(sources)}), "
@@ -850,33 +829,16 @@ def heads(
 @models_app.callback()
 def models(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (the backends).")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """List each backend: reachable or not (and why), and its models."""
+    """List each backend: reachable or not (and why), and its models; then how each specialist answers."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = _settings(config)
-    # A health check should answer quickly: one attempt, no backoff.
-    settings.retry = RetryPolicy(attempts=1)
-
-    async def check() -> list[Any]:
-        results: list[Any] = []
-        for name in BACKENDS:
-            try:
-                backend = build_backend(name, settings)
-            except ShoalError as exc:
-                results.append({"backend": name, "reachable": False, "where": "", "reason": str(exc), "models": []})
-                continue
-            try:
-                results.append((await backend.health()).model_dump())
-            finally:
-                await backend.aclose()
-        return results
-
-    results = asyncio.run(check())
+    engine = _engine(config)
+    results = asyncio.run(engine.closing(engine.health()))
     if as_json:
-        console.print_json(json.dumps(results))
+        console.print_json(json.dumps([row.model_dump(mode="json") for row in results]))
         return
     table = Table(title="shoal backends", show_lines=True)
     table.add_column("backend")
@@ -885,15 +847,25 @@ def models(
     table.add_column("models")
     for row in results:
         # the reason and the names come from servers and config: escaped, so `[ollama]` stays in the text
-        status = "[green]ready[/green]" if row["reachable"] else f"[red]unavailable[/red]\n{escape(row['reason'])}"
+        status = "[green]ready[/green]" if row.reachable else f"[red]unavailable[/red]\n{escape(row.reason)}"
         names = "\n".join(
-            escape(m["name"])
-            + (f" ({m['size_bytes'] / 1e6:.0f} MB)" if m["size_bytes"] else "")
-            + (f"\n  [dim]{escape(m['detail'])}[/dim]" if m["detail"] else "")
-            for m in row["models"]
+            escape(m.name)
+            + (f" ({m.size_bytes / 1e6:.0f} MB)" if m.size_bytes else "")
+            + (f"\n  [dim]{escape(m.detail)}[/dim]" if m.detail else "")
+            for m in row.models
         )
-        table.add_row(row["backend"], status, _literal(row["where"]), names or "-")
+        table.add_row(row.backend, status, _literal(row.where), names or "-")
     console.print(table)
+    setups = Table(title="specialists")
+    for column in ("specialist", "model", "threshold", "answers with"):
+        setups.add_column(column, overflow="fold")
+    for setup in engine.specialist_settings():
+        setups.add_row(_literal(setup.name), _literal(setup.model), f"{setup.threshold:.2f}", _literal(setup.how))
+    console.print(setups)
+    trained = [f"{h.specialist} v{h.version}" + (" (active)" if h.active else "") for h in engine.heads()]
+    if trained:
+        console.print(_literal(f"trained heads: {', '.join(trained)} (`shoal heads` for their metrics)"))
+    settings = engine.settings
     console.print(
         f"default model: [bold]{escape(settings.default_model)}[/bold]   "
         f"frontier: {escape(settings.frontier_model or '-')}"
@@ -906,48 +878,41 @@ def models_pull(
     config: ConfigOption = None,
 ) -> None:
     """Pull a model into the Ollama server, with a progress bar."""
-    from shoal.models.ollama import OllamaBackend
-
-    settings = _settings(config)
+    engine = _engine(config)
 
     async def pull() -> None:
-        backend = OllamaBackend(settings.ollama.host, retry=RetryPolicy(attempts=1))
-        try:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=console,
-            ) as progress:
-                tasks: dict[str, Any] = {}
-                async for step in backend.pull(name):
-                    key = step.digest or step.status
-                    if key not in tasks:
-                        tasks[key] = progress.add_task(escape(step.status[:40]), total=step.total or None)
-                    progress.update(tasks[key], completed=step.completed or 0, total=step.total or None)
-        finally:
-            await backend.aclose()
-        console.print(f"pulled [bold]{escape(name)}[/bold] into {escape(settings.ollama.host)}")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=console,
+        ) as progress:
+            tasks: dict[str, TaskID] = {}
+            async for step in engine.pull(name):
+                key = step.digest or step.status
+                if key not in tasks:
+                    tasks[key] = progress.add_task(escape(step.status[:40]), total=step.total or None)
+                progress.update(tasks[key], completed=step.completed or 0, total=step.total or None)
 
-    asyncio.run(pull())
+    asyncio.run(engine.closing(pull()))
+    console.print(f"pulled [bold]{escape(name)}[/bold] into {escape(engine.settings.ollama.host)}")
 
 
-def _print_error(exc: Exception) -> None:
+def _print_error(exc: ShoalError) -> None:
     """The message as it was written (a Text is not read as markup, so `[openai]` stays), on one
     line however narrow the terminal or pipe: soft wrap lets the terminal fold it, not Rich."""
     err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
 
 
 def main() -> None:
+    """The `shoal` command. A `ShoalError` is a mistake or a failure worded for whoever runs it:
+    one line and its exit code. Anything else is a bug in shoal, and shows its traceback."""
     try:
         app()
     except ShoalError as exc:
         _print_error(exc)
         sys.exit(exc.exit_code)
-    except ValueError as exc:  # bad model references and the like, already worded for people
-        _print_error(exc)
-        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -135,3 +135,79 @@ def test_a_local_openai_compatible_server_needs_no_key(server: FakeServer, tmp_p
     # vLLM or llama.cpp's server: the request goes out without a key, and the server decides
     shoal("ask", "hi", "--model", "openai:local", env={"SHOAL_FRONTIER_BASE_URL": server.url + "/v1"}, cwd=tmp_path)
     assert server.requests and server.requests[0][1] == "/v1/chat/completions"
+
+
+# --- results written to a file: checked before the work starts ------------------------------
+
+OUT_COMMANDS = {
+    "triage": (
+        ["triage", "tickets.csv", "--id", "ticket_id"],
+        "tickets.csv",
+        "ticket_id,instruction\nT1,where is my order\n",
+    ),
+    "eval": (["eval", "labelled.csv"], "labelled.csv", "text,label\nwhere is my order,ORDER\nrefund me,REFUND\n"),
+}
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_out_into_a_missing_folder_is_one_line_before_any_work(command: str, tmp_path: Path) -> None:
+    args, name, content = OUT_COMMANDS[command]
+    (tmp_path / name).write_text(content)
+    out = shoal(*args, "--out", "results/out.jsonl", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    line = one_line_error(out)
+    assert "--out results/out.jsonl: folder results" in line and "does not exist" in line and str(tmp_path) in line
+    assert not Path(os.environ["SHOAL_DB"]).exists(), "nothing started"
+
+
+def test_out_that_is_a_directory_or_the_wrong_kind_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "tickets.csv").write_text("ticket_id,instruction\nT1,where is my order\n")
+    (tmp_path / "labelled.csv").write_text("text,label\nwhere is my order,ORDER\n")
+    wrong = shoal("triage", "tickets.csv", "--out", "results.txt", cwd=tmp_path)
+    assert wrong.returncode == 2 and "--out results.txt: use a .jsonl or .csv file" in one_line_error(wrong)
+    folder = shoal("eval", "labelled.csv", "--out", str(tmp_path), cwd=tmp_path)
+    assert folder.returncode == 2 and f"--out {tmp_path} is a directory" in one_line_error(folder)
+
+
+# --- only shoal's own errors are one line; anything else is a bug and shows its traceback ------
+
+
+def test_a_plan_of_the_wrong_shape_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plan.json").write_text('{"steps": "all of them"}')
+    out = shoal("run", "sort these tickets", "--plan", "plan.json", cwd=tmp_path)
+    assert out.returncode == 2
+    line = one_line_error(out)
+    assert "plan plan.json is not a plan (steps: Input should be a valid list)" in line and '{"steps": [' in line
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("words,tag\nhello,A\n", "has no column(s) ['label', 'text']"),
+        ("text,label\nhello\n", "line 2: the text and the label must both be text"),
+    ],
+)
+def test_labelled_data_that_cannot_be_read_is_one_line(tmp_path: Path, content: str, words: str) -> None:
+    (tmp_path / "labelled.csv").write_text(content)
+    out = shoal("eval", "labelled.csv", cwd=tmp_path)
+    assert out.returncode == 2
+    assert words in one_line_error(out)
+
+
+def test_a_bad_model_reference_is_one_line(tmp_path: Path) -> None:
+    out = shoal("eval", "labelled.csv", "--model", "qwen", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--model: model reference 'qwen' is not of the form backend:model" in one_line_error(out)
+    scripted = shoal("ask", "hi", "--model", "scripted:x", cwd=tmp_path)
+    assert scripted.returncode == 2 and "names backend 'scripted'" in one_line_error(scripted)
+
+
+def test_an_unexpected_error_is_not_dressed_as_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import cli
+
+    def broken() -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(ValueError, match="a bug"):  # its traceback reaches the terminal
+        cli.main()
