@@ -81,6 +81,7 @@ def test_loaders(tmp_path: Path) -> None:
 
 
 @pytest.mark.embedded
+@pytest.mark.timeout(900)  # 158 prompts over 150 labels: minutes on 2 cores, more on a busy machine
 def test_shoal_eval_on_clinc150(tmp_path: Path) -> None:
     out = tmp_path / "predictions.jsonl"
     args = [sys.executable, "-m", "shoal.cli", "eval", str(CLINC), "--per-label", "1", "--oos", "8", "--json"]

@@ -192,6 +192,11 @@ print(report.model_dump_json())
 @pytest.mark.embedded
 def test_a_person_answers_from_another_process(tmp_path: Path) -> None:
     db = tmp_path / "shoal.db"
+    # the answering process reads the same thresholds (./shoal.toml): with the defaults its
+    # extractor, at a borderline 0.59 on this text, would queue the next step for a person too
+    (tmp_path / "shoal.toml").write_text(
+        "[specialists.classifier]\nthreshold = 1.0\n[specialists.extractor]\nthreshold = 0.0\n"
+    )
     env = {**os.environ, "SHOAL_DB": str(db)}
     first = subprocess.run(
         [sys.executable, "-c", REVIEWER, TICKET], env=env, capture_output=True, text=True, timeout=300
