@@ -559,7 +559,7 @@ async def test_a_cancelled_run_is_stopped_with_a_reason_a_person_can_read(tmp_pa
     started = asyncio.Event()
     task = asyncio.create_task(shoal.run(TICKET, plan=TWO, on_start=lambda _: started.set()))
     await started.wait()
-    while not backend.requests:  # in the middle of a model call
+    while not backend.requests:  # noqa: ASYNC110 - the scripted backend has no event to wait on
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
