@@ -15,10 +15,12 @@ import pytest
 from waiting import TICKET, one_line_error, shoal_cli, waiting_classifier, waiting_ticket
 
 from shoal.agents.planner import PlanError
-from shoal.config import Settings
+from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
 from shoal.engine.reviews import AnswerError, read_answer
 from shoal.errors import StoreError, TaskError
+from shoal.models.router import ModelRouter
+from shoal.models.scripted import ScriptedBackend
 from shoal.status import ReviewStatus, RunStatus, StepStatus, TicketStatus
 from shoal.store import Store
 
@@ -205,3 +207,17 @@ async def test_accept_with_no_best_answer_is_refused(tmp_path: Path) -> None:
     both = shoal_cli("review", str(item.id), "--accept", "--answer", "refund", cwd=tmp_path)
     assert both.returncode == 2 and "one of the two" in one_line_error(both)
     assert Store(tmp_path / "shoal.db").get_review(item.id).status == ReviewStatus.PENDING
+
+
+async def test_the_engine_refuses_an_unknown_key_from_code_too(tmp_path: Path) -> None:
+    # the TUI and library callers reach Shoal.review with a dict: the same check as the CLI's
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {"classifier": SpecialistSettings(threshold=0.0)}
+    backend = ScriptedBackend(["{not json", '{"label": "ORDER"}'])
+    async with Shoal(settings, router=ModelRouter(lambda _: backend)) as shoal:
+        plan = {"steps": [{"id": "kind", "specialist": "classifier", "inputs": ["task"]}]}
+        report = await shoal.run("order 42 is late", plan=plan)
+        (item,) = report.reviews
+        with pytest.raises(AnswerError, match="no field 'lable'"):
+            await shoal.review(item.id, {"lable": "ORDER"})
+        assert (await shoal.review(item.id, "order")).status == "done"

@@ -20,7 +20,7 @@ from langgraph.types import Command
 from shoal.agents.planner import Plan, PlanError
 from shoal.engine.reports import ReviewItem, RunReport
 from shoal.engine.wiring import TASK, Wiring
-from shoal.errors import ShoalError, StoreError, TaskError
+from shoal.errors import ShoalError, StoreError
 from shoal.inputs import check_text
 from shoal.status import ReviewStatus, RunStatus
 
@@ -88,9 +88,9 @@ class RunDriver:
         row = await self.store.offload(self.store.get_review, review_id)
         if row.status != ReviewStatus.PENDING:
             raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
-        validated = self.validate_answer(row.specialist, answer)
-        await self.store.offload(self.store.answer_review, review_id, validated, who)
         run = await self.store.offload(self.store.find_run, row.run_id)
+        validated = self.validate_answer(row.specialist, answer, run.workflow)
+        await self.store.offload(self.store.answer_review, review_id, validated, who)
         graph = await self.wiring.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": row.run_id}})
         resume: dict[str, Any] = {}
@@ -99,23 +99,18 @@ class RunDriver:
                 resume[pending.id] = {"answer": validated, "who": who}
         return await self.drive(row.run_id, Command(resume=resume) if resume else None)
 
-    def validate_answer(self, specialist: str, answer: Any) -> Any:
-        """A person's answer as the specialist's output, or TaskError saying why it does not fit."""
-        if specialist == "planner":
-            known_steps = list(self.wiring.specialists)
-            return Plan.model_validate(answer).check(known_steps, self.settings.max_plan_steps).model_dump()
-        known = self.wiring.specialists.get(specialist) or self.wiring.ticket_specialists().get(specialist)
-        if known is None:
-            raise TaskError(f"no specialist '{specialist}' in this shoal to check the answer against")
-        output_type = known.output_type
-        if isinstance(answer, str) and "label" in output_type.model_fields:
-            answer = {"label": answer, "labels": [answer]}
-        try:
-            output = output_type.model_validate(answer)
-            known.check_answer(output)
-            return output.model_dump(mode="json")
-        except ValueError as exc:
-            raise TaskError(f"that answer does not fit {specialist} output ({output_type.__name__}): {exc}") from None
+    def validate_answer(self, specialist: str, answer: Any, workflow: str = TASK) -> Any:
+        """A person's answer as the specialist's output (JSON data), or an error saying why it does
+        not fit: the same reading as `shoal review` and the TUI (a dict with a key the specialist
+        lacks is refused, never stored as an empty answer)."""
+        from shoal.engine import reviews  # it builds on this module: imported when first needed
+
+        chosen = reviews.find_specialist(self.wiring, workflow, specialist)
+        if isinstance(answer, str):
+            return reviews.read_answer(self.wiring, specialist, chosen, answer)
+        if isinstance(answer, dict):
+            return reviews.check_output(self.wiring, specialist, chosen, answer)
+        raise reviews.AnswerError(f"{specialist} takes {reviews.expects(chosen)}, not {type(answer).__name__}")
 
     async def drive(
         self,
