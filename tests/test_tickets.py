@@ -46,6 +46,7 @@ def triage(tmp: Path, *args: str, timeout: float = 900) -> subprocess.CompletedP
 
 
 @pytest.mark.embedded
+@pytest.mark.timeout(900)  # 120 model calls on 2 cores: minutes, more on a busy machine
 def test_twenty_bitext_tickets_end_to_end(tmp_path: Path) -> None:
     write_tickets(tmp_path / "tickets.csv", 20)
     done = triage(tmp_path, "tickets.csv", "--id", "ticket_id", "--out", "out.jsonl")

@@ -6,6 +6,8 @@ one job:
 - `runs.py`: start, continue, answer and close runs (the only code that invokes a graph)
 - `heads.py`: trained classifier heads: attach, train, activate
 - `admin.py`: backend health, Ollama pulls, how each specialist is set up
+- `reviews.py`: what a person types -> the specialist's answer, one reading for every face
+- `views.py`: what the faces show about runs, as typed rows
 - tickets: `shoal.tickets.triage.TicketDesk`, handed the run driver
 
 ```python
