@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -59,6 +59,9 @@ class FakeOllama:
         self.chats = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        # while down, connections a client kept alive from before are cut too: a real server
+        # that dies takes its open connections with it
+        self.down = False
 
     def start(self) -> None:
         fake = self
@@ -76,6 +79,9 @@ class FakeOllama:
                     self._send({"version": "0.12.0"})
 
             def do_POST(self) -> None:
+                if fake.down:
+                    self._hang_up()
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if fake.latency_s:
@@ -101,6 +107,11 @@ class FakeOllama:
                     }
                 )
 
+            def _hang_up(self) -> None:
+                self.close_connection = True
+                with suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
             def _send(self, payload: Any) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(200)
@@ -109,6 +120,7 @@ class FakeOllama:
                 self.end_headers()
                 self.wfile.write(data)
 
+        self.down = False
         ThreadingHTTPServer.allow_reuse_address = True
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
@@ -116,7 +128,8 @@ class FakeOllama:
         self._server = server
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused until `start()`."""
+        """Stop listening: new connections are refused, open ones cut, until `start()`."""
+        self.down = True
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
