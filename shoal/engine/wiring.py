@@ -153,7 +153,6 @@ class Wiring:
             specialists=specialists,
             ladder_config=self.ladder_config,
             budget=self.budget,
-            ledger=self.ledger,
             max_steps=self.settings.max_plan_steps,
             fresh=self.fresh,
         )

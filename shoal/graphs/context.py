@@ -47,7 +47,6 @@ class TaskRuntime:
     specialists: dict[str, Specialist[Any, Any]]
     ladder_config: Callable[[str, float], LadderConfig]
     budget: Callable[[str], Budget]
-    ledger: store_db.StoreLedger | None = None
     max_steps: int = 6
     # runs this process started from nothing: no step rows can exist yet, so no lookups. The
     # engine owns the set and drops a run from it however its first invocation ends.
