@@ -30,7 +30,7 @@ from rich.text import Text
 
 from shoal.backends import build_router
 from shoal.config import Settings, find_config
-from shoal.errors import InputFileError, ShoalError
+from shoal.errors import InputFileError, ShoalError, UsageError
 from shoal.models.base import BACKENDS, ChatRequest, Message, ModelRef
 from shoal.status import RunStatus, TicketStatus
 
@@ -88,12 +88,6 @@ def _input_file(path: Path, what: str, hint: str = "") -> Path:
     except OSError as exc:
         raise InputFileError.from_os_error(path, what, exc, hint) from None
     return path
-
-
-class UsageError(ShoalError):
-    """An option that cannot work as given (a model reference, an output file): one line, exit 2."""
-
-    exit_code = 2
 
 
 def _output_file(path: Path, option: str, suffixes: tuple[str, ...] = ()) -> Path:

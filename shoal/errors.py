@@ -1,7 +1,32 @@
 """Every error shoal raises on purpose derives from `ShoalError`.
 
 Each message says what went wrong and how to fix it, because the person reading it is usually
-an operator at a terminal, not the developer who wrote the call.
+an operator at a terminal, not the developer who wrote the call. `exit_code` is what the `shoal`
+command exits with when the error ends it: 2 for a usage mistake, 1 for a failure.
+
+    ShoalError
+    ├── UsageError                 an option that cannot work as given (exit 2)
+    ├── InputFileError             a named file cannot be read (exit 2)
+    │   └── LabelledDataError      labelled data that cannot be read as such (also a ValueError)
+    ├── TaskError                  a task or ticket that cannot start as given
+    │   ├── PlanError              a plan that cannot be run
+    │   └── AnswerError            a person's review answer that does not fit (exit 2)
+    ├── StoreError                 the database cannot be opened or holds something unexpected
+    ├── ConfigError                the configuration file or environment is invalid
+    ├── MissingExtraError          an optional dependency is not installed (also an ImportError)
+    ├── HeadError                  a trained head cannot be trained or used as asked
+    ├── SandboxUnavailableError    generated code cannot be run safely on this machine
+    └── ModelError                 a model call failed
+        ├── TransientModelError    may go away on its own: retried with backoff
+        │   ├── BackendUnavailableError   the server could not be reached
+        │   └── ServerError               5xx, or a body that could not be read
+        ├── PermanentModelError    retrying cannot fix it: raised at once
+        │   ├── ModelNotFoundError
+        │   ├── AuthenticationError
+        │   ├── InvalidRequestError
+        │   └── ModelLoadError
+        │       └── UnsupportedCPUError   llama.cpp dies on this CPU (e.g. SIGILL)
+        └── SchemaValidationError  the model's text does not fit the output schema
 """
 
 from __future__ import annotations
@@ -44,8 +69,38 @@ class InputFileError(ShoalError):
         return cls(message, path)
 
 
+class UsageError(ShoalError):
+    """An option that cannot work as given (a model reference, an output file): one line, exit 2."""
+
+    exit_code = 2
+
+
+class LabelledDataError(InputFileError, ValueError):
+    """Labelled data that cannot be read as such: the message names the file (and the line) and
+    says what to fix. A `ValueError` too, as these errors were before they had their own class."""
+
+
 class TaskError(ShoalError):
     """A task (or a ticket) that cannot be started as given: empty, binary, too long, a bad plan."""
+
+
+class PlanError(TaskError):
+    """A plan that cannot be run."""
+
+
+class AnswerError(TaskError):
+    """A person's answer that does not fit what the specialist answers; the message says what
+    would. A usage mistake, so `shoal` exits 2 as it does for a bad option."""
+
+    exit_code = 2
+
+
+class HeadError(ShoalError):
+    """A head cannot be trained or used as asked; the message says how to fix it."""
+
+
+class SandboxUnavailableError(ShoalError):
+    """Code cannot be run safely on this machine."""
 
 
 class StoreError(ShoalError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shoal.errors import InputFileError
+from shoal.errors import InputFileError, LabelledDataError
 from shoal.models.base import ModelRef
 from shoal.specialists.classifier import Classifier, TextInput
 
@@ -48,11 +48,6 @@ class Prediction(BaseModel):
     @property
     def correct(self) -> bool:
         return self.predicted == self.gold
-
-
-class LabelledDataError(InputFileError, ValueError):
-    """Labelled data that cannot be read as such: the message names the file (and the line) and
-    says what to fix. A `ValueError` too, as these errors were before they had their own class."""
 
 
 def load_labelled(

@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shoal.errors import HeadError
 from shoal.evaluation import Labelled, Prediction, auroc, expected_calibration_error, macro_f1
 from shoal.models.embeddings import Embedder
 from shoal.specialists.classifier import Classifier, TextInput
-from shoal.specialists.heads import MIN_PER_LABEL, HeadError, TrainedHead
+from shoal.specialists.heads import MIN_PER_LABEL, TrainedHead
 from shoal.store.db import Store
 from shoal.store.tables import Example, Head
 

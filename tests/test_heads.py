@@ -16,13 +16,14 @@ from shoal.agents.escalation import Ladder, LadderConfig
 from shoal.backends import build_backend
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
+from shoal.errors import HeadError
 from shoal.evaluation import OUT_OF_SCOPE, Labelled, Prediction, load_labelled, report, stratified
 from shoal.models.base import ChatRequest
 from shoal.models.embeddings import Embedder, text_key
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists.classifier import Classifier, TextInput
-from shoal.specialists.heads import HeadError, TrainedHead
+from shoal.specialists.heads import TrainedHead
 from shoal.store import Store
 from shoal.training import split, train_head
 

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from waiting import TICKET, one_line_error, shoal_cli, waiting_classifier, waiting_ticket
 
-from shoal.agents.planner import PlanError
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
-from shoal.engine.reviews import AnswerError, read_answer
-from shoal.errors import StoreError, TaskError
+from shoal.engine.reviews import read_answer
+from shoal.errors import AnswerError, PlanError, StoreError, TaskError
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.status import ReviewStatus, RunStatus, StepStatus, TicketStatus

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import require_bwrap
 
+from shoal.errors import SandboxUnavailableError
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists.coder import Coder, CodeResult, CodeTask
-from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxUnavailableError
+from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult
 
 
 @pytest.fixture(scope="module")

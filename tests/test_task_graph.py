@@ -19,10 +19,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
 from shoal.agents.escalation import Budget, LadderConfig
-from shoal.agents.planner import Plan, PlanError, Planner
+from shoal.agents.planner import Plan, Planner
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
-from shoal.errors import TaskError
+from shoal.errors import PlanError, TaskError
 from shoal.graphs import nodes
 from shoal.graphs.state import RunState, StepOutcome, StepPayload
 from shoal.graphs.task import TaskRuntime, record_call

@@ -15,17 +15,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from shoal.errors import ShoalError
+from shoal.errors import PlanError
 from shoal.models.base import Message, Reply
 from shoal.specialists.base import Judgement, Signal, Specialist
 from shoal.specialists.tokens import TokenText, label_distribution
 
 TASK = "task"  # the input name that means "the task text itself"
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-
-
-class PlanError(ShoalError):
-    """A plan that cannot be run."""
 
 
 class PlanStep(BaseModel):

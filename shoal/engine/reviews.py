@@ -26,7 +26,7 @@ from shoal.engine.reports import RunReport
 from shoal.engine.runs import RunDriver
 from shoal.engine.views import Evidence, evidence
 from shoal.engine.wiring import TASK, Wiring
-from shoal.errors import StoreError, TaskError
+from shoal.errors import AnswerError, StoreError, TaskError
 from shoal.specialists.base import Specialist
 from shoal.specialists.classifier import Classifier
 from shoal.status import ReviewStatus
@@ -34,13 +34,6 @@ from shoal.store.db import Store
 from shoal.store.tables import Review
 
 PLAN_SHAPE = '{"steps": [{"id": "a", "specialist": "...", "instruction": "...", "inputs": ["task"]}]}'
-
-
-class AnswerError(TaskError):
-    """A person's answer that does not fit what the specialist answers; the message says what
-    would. A usage mistake, so `shoal` exits 2 as it does for a bad option."""
-
-    exit_code = 2
 
 
 class FrontierTry(BaseModel):

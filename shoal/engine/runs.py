@@ -17,10 +17,10 @@ from typing import Any
 
 from langgraph.types import Command
 
-from shoal.agents.planner import Plan, PlanError
+from shoal.agents.planner import Plan
 from shoal.engine.reports import ReviewItem, RunReport
 from shoal.engine.wiring import TASK, Wiring
-from shoal.errors import ShoalError, StoreError
+from shoal.errors import AnswerError, PlanError, ShoalError, StoreError
 from shoal.inputs import check_text
 from shoal.status import ReviewStatus, RunStatus
 
@@ -110,7 +110,7 @@ class RunDriver:
             return reviews.read_answer(self.wiring, specialist, chosen, answer)
         if isinstance(answer, dict):
             return reviews.check_output(self.wiring, specialist, chosen, answer)
-        raise reviews.AnswerError(f"{specialist} takes {reviews.expects(chosen)}, not {type(answer).__name__}")
+        raise AnswerError(f"{specialist} takes {reviews.expects(chosen)}, not {type(answer).__name__}")
 
     async def drive(
         self,

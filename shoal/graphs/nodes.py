@@ -15,7 +15,8 @@ from langgraph.types import Command, Send, interrupt
 from pydantic import BaseModel
 
 from shoal.agents.escalation import Outcome
-from shoal.agents.planner import TASK, Plan, PlanError, PlanStep, TaskInput
+from shoal.agents.planner import TASK, Plan, PlanStep, TaskInput
+from shoal.errors import PlanError
 from shoal.graphs.context import Attempt, TaskRuntime, climb
 from shoal.graphs.persist import earlier, finish_human_step, outcome_of, outcome_or_fail, record
 from shoal.graphs.state import ReviewPayload, RunState, StepOutcome, StepPayload

@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shoal.agents.escalation import Escalation, Outcome
-from shoal.agents.planner import PlanError
-from shoal.errors import ModelError
+from shoal.errors import ModelError, PlanError
 from shoal.graphs.context import Attempt, TaskRuntime
 from shoal.graphs.state import StepOutcome
 from shoal.models.router import CallRecord

@@ -16,11 +16,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from shoal.errors import HeadError
 from shoal.models.base import ChatRequest, Message, ModelRef, Reply
 from shoal.models.embeddings import Embedder
 from shoal.models.router import CallRecord
 from shoal.specialists.base import Judgement, Result, Signal, Specialist
-from shoal.specialists.heads import HeadError, TrainedHead
+from shoal.specialists.heads import TrainedHead
 from shoal.specialists.tokens import TokenText, find_value, label_distribution
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from shoal.errors import MissingExtraError, ShoalError
+from shoal.errors import HeadError, MissingExtraError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 FORMAT = 1
 MIN_PER_LABEL = 3
 NEIGHBOURS_PER_LABEL = 20
-
-
-class HeadError(ShoalError):
-    """A head cannot be trained or used as asked; the message says how to fix it."""
 
 
 class HeadInfo(BaseModel):

@@ -40,7 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from shoal.errors import ShoalError
+from shoal.errors import SandboxUnavailableError
 
 NOBODY = 65534
 # As root, each run gets a uid of its own from this range: the kernel counts the process
@@ -76,10 +76,6 @@ os.execv(sys.executable, [sys.executable, "-I", *sys.argv[2:]])
 """
 
 Limit = Literal["cpu", "wall", "memory", "output", "processes"]
-
-
-class SandboxUnavailableError(ShoalError):
-    """Code cannot be run safely on this machine."""
 
 
 class SandboxLimits(BaseModel):

@@ -17,10 +17,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from shoal.agents.planner import PlanError
 from shoal.batch import Outage
 from shoal.config import Settings
-from shoal.errors import ShoalError, StoreError, TaskError, TransientModelError
+from shoal.errors import PlanError, ShoalError, StoreError, TaskError, TransientModelError
 from shoal.inputs import check_text
 from shoal.status import AnsweredBy, RunStatus, StepStatus, TicketStatus
 from shoal.store.db import Store
