@@ -84,6 +84,9 @@ class EscalationSettings(_Section):
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # most tokens a reply may take; a reply cut at this limit is a failed answer, so raise it
+    # when a specialist's evidence says "cut off at max_tokens"
+    max_tokens: int | None = Field(default=None, ge=8, le=32_768)
     # classifiers only: "auto" answers with the active trained head when `shoal train` made one
     # and prompts otherwise; "prompt" always prompts; "trained" requires a head
     mode: Literal["auto", "prompt", "trained"] = "auto"
@@ -132,6 +135,10 @@ class Settings(_Section):
         """Embeddings for a trained head: `embed_model`, else the specialist's own model."""
         chosen = self.specialists.get(specialist, SpecialistSettings()).embed_model
         return ModelRef.parse(chosen) if chosen else self.model_for(specialist)
+
+    def max_tokens_for(self, specialist: str) -> int | None:
+        """The configured `max_tokens`, or None for the specialist's own default."""
+        return self.specialists.get(specialist, SpecialistSettings()).max_tokens
 
     def threshold_for(self, specialist: str, default: float) -> float:
         chosen = self.specialists.get(specialist, SpecialistSettings()).threshold

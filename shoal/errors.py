@@ -174,9 +174,10 @@ class SchemaValidationError(ModelError):
     person, or retried at a higher rung.
     """
 
-    def __init__(self, message: str, *, raw_text: str, model: str = "") -> None:
+    def __init__(self, message: str, *, raw_text: str, model: str = "", cut_off: bool = False) -> None:
         self.raw_text = raw_text
         self.model = model
+        self.cut_off = cut_off  # generation stopped at max_tokens: the likely cause, and the fix
         # the unparsed Reply, when a backend has one: the call still took time, tokens and money
         self.reply: object | None = None
         super().__init__(message)

@@ -48,10 +48,19 @@ class Entities(BaseModel):
     dates: list[str] = Field(default_factory=list, max_length=5, description="dates and times")
 
 
+def configured(specialists: Specialists, settings: Settings) -> Specialists:
+    """`specialists` with the `max_tokens` shoal.toml gives them; the rest keep their defaults."""
+    for name, specialist in specialists.items():
+        limit = settings.max_tokens_for(name)
+        if limit is not None:
+            specialist.max_tokens = limit
+    return specialists
+
+
 def default_specialists(router: ModelRouter, settings: Settings) -> Specialists:
     """The task workflow's specialists, as configured."""
     s = settings
-    return {
+    chosen: Specialists = {
         "classifier": Classifier(
             router,
             s.model_for("classifier"),
@@ -69,6 +78,7 @@ def default_specialists(router: ModelRouter, settings: Settings) -> Specialists:
         ),
         "coder": Coder(router, s.model_for("coder"), threshold=s.threshold_for("coder", Coder.default_threshold)),
     }
+    return configured(chosen, settings)
 
 
 class Wiring:
@@ -90,6 +100,7 @@ class Wiring:
             max_steps=settings.max_plan_steps,
             threshold=settings.threshold_for("planner", Planner.default_threshold),
         )
+        self.planner.max_tokens = settings.max_tokens_for("planner") or self.planner.max_tokens
         self.heads = HeadDesk(settings, router, store, lambda: {**self.specialists, **self.ticket_specialists()})
         # runs started by this process whose steps have no rows yet (nothing to look up)
         self.fresh: set[str] = set()
@@ -103,7 +114,7 @@ class Wiring:
 
     def ticket_specialists(self) -> Specialists:
         if self._tickets is None:
-            self._tickets = ticket_specialists(self.router, self.settings)
+            self._tickets = configured(ticket_specialists(self.router, self.settings), self.settings)
         return self._tickets
 
     def workflow_specialists(self, workflow: str) -> Specialists:

@@ -420,6 +420,7 @@ def parse_structured(text: str, schema: type[M], *, model: str = "", cut_off: bo
             f"the reply was cut off at max_tokens before the JSON was complete; raise max_tokens. {exc}",
             raw_text=text,
             model=model,
+            cut_off=True,
         ) from None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.fields import FieldInfo
 
 from shoal.errors import InvalidRequestError, ModelError, SchemaValidationError
 from shoal.models.base import ChatRequest, Message, ModelRef, Reply
@@ -102,6 +103,15 @@ class Result(BaseModel, Generic[Out]):
 
     def explain(self) -> str:
         return "; ".join(str(s) for s in self.evidence) or (self.error or "no evidence")
+
+
+def max_length(info: FieldInfo) -> int | None:
+    """The `max_length` a pydantic field declares, if any."""
+    for rule in info.metadata:
+        limit = getattr(rule, "max_length", None)
+        if isinstance(limit, int):
+            return limit
+    return None
 
 
 def clamp(value: float) -> float:
@@ -195,9 +205,14 @@ class Specialist(ABC, Generic[In, Out]):
         try:
             reply = await self.router.chat(ref, request, recorder=recorder)
         except SchemaValidationError as exc:
+            if exc.cut_off:
+                return self._failed(ref, calls, "cut_off", self._max_tokens_hint())
             return self._failed(ref, calls, "schema", f"reply is not a valid answer: {exc}")
         except InvalidRequestError as exc:  # e.g. the input does not fit the model's context
             return self._failed(ref, calls, "request", str(exc))
+        cut = self.cut_off(reply)
+        if cut:  # a text stopped at a limit says less than it meant: never a confident answer
+            return self._failed(ref, calls, "cut_off", cut)
         try:
             judgement = await self.judge(item, reply)
         except ModelError as exc:
@@ -220,6 +235,27 @@ class Specialist(ABC, Generic[In, Out]):
             confidence=clamp(judgement.confidence),
             evidence=evidence,
             calls=calls,
+        )
+
+    def cut_off(self, reply: Reply) -> str | None:
+        """Why the reply is a text stopped at a limit (`max_tokens`, or a string field that
+        reached its `max_length`, where constrained decoding ends it mid-word), or None."""
+        if reply.finish_reason == "length":
+            return self._max_tokens_hint()
+        parsed = reply.parsed
+        if not isinstance(parsed, BaseModel):
+            return None
+        for field, info in type(parsed).model_fields.items():
+            value = getattr(parsed, field)
+            limit = max_length(info)
+            if isinstance(value, str) and limit is not None and len(value) >= limit:
+                return f"{field} was cut at its limit of {limit} characters: a text cut short is not an answer"
+        return None
+
+    def _max_tokens_hint(self) -> str:
+        return (
+            f"the reply was cut off at max_tokens ({self.max_tokens}) before it was complete: raise it in "
+            f"shoal.toml with [specialists.{self.name}] max_tokens = {self.max_tokens * 2}"
         )
 
     def _failed(self, ref: ModelRef, calls: list[CallRecord], signal: str, why: str) -> Result[Out]:

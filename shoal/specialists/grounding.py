@@ -178,17 +178,53 @@ def numbers(text: str) -> list[str]:
 
 
 def grounded(value: str, source: str) -> bool:
-    """Whether `value` occurs in `source`, ignoring case, accents and spacing."""
+    """Whether `value` occurs in `source` as whole words, ignoring case, accents and spacing.
+
+    Whole words and whole numbers: "12345" is not in "70012345", nor "refund" in "refunded";
+    a substring match would ground any short value in any long text.
+    """
     needle = normalise(value)
     if not needle:
         return False
     haystack = normalise(source)
-    if needle in haystack:
+    if re.search(rf"(?<![^\W_]){re.escape(needle)}(?![^\W_])", haystack):
         return True
-    # an id written with other separators ('ORD 123-45' vs 'ord12345') is still the same id
+    # an id written with other separators ('ORD 123-45' vs 'ord12345') is still the same id,
+    # when it spells out a run of whole tokens of the source
+    compact = re.sub(r"[\W_]+", "", needle)
     if len(re.sub(r"\D", "", needle)) >= 3:
-        return re.sub(r"[\W_]+", "", needle) in re.sub(r"[\W_]+", "", haystack)
+        return compact in _token_runs(haystack, len(compact))
     return False
+
+
+def _token_runs(text: str, length: int) -> set[str]:
+    """Every run of consecutive tokens of `text` joined without separators, `length` long."""
+    tokens = re.findall(r"[^\W_]+", text)
+    runs: set[str] = set()
+    for start in range(len(tokens)):
+        joined = ""
+        for token in tokens[start:]:
+            joined += token
+            if len(joined) >= length:
+                if len(joined) == length:
+                    runs.add(joined)
+                break
+    return runs
+
+
+_DONE = re.compile(
+    r"\b(?:was|were|has been|have been|had been|is now|got|has|have|had)\s+(?:already\s+)?"
+    r"([^\W\d_]+(?:ed|en)|sent|paid|made|done|given|taken|sold|bought|lost|found|shipped|refunded)\b",
+    re.IGNORECASE,
+)
+
+
+def unsupported_claims(written: str, source: str) -> list[str]:
+    """Statements that something happened ("was refunded", "has shipped") whose verb form the
+    source never uses: a request ("I want a refund") summarised as done says the opposite of
+    the ticket while every one of its words is grounded."""
+    used = {w.casefold() for w in _WORD.findall(source)}
+    return [m.group(0) for m in _DONE.finditer(written) if m.group(1).casefold() not in used]
 
 
 def stem(word: str) -> str:

@@ -1,7 +1,8 @@
 """Summarizer: a summary and key points, trusted as far as they stick to the source.
 
 Confidence from grounding: the share of numbers, names and content words of the summary and
-key points that occur in the source. Invented numbers weigh most (a wrong amount or date in a
+key points that occur in the source (whole words), and whether it states as done what the
+source only asks for ("the order was refunded" for "I want a refund"). Invented numbers weigh most (a wrong amount or date in a
 summary does the most harm), then names, then content words; a summary outside the word
 bounds loses half its confidence.
 """
@@ -14,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from shoal.models.base import Message, Reply
 from shoal.specialists.base import Judgement, Signal, Specialist
-from shoal.specialists.grounding import content_words, names, normalise, numbers, stem
+from shoal.specialists.grounding import content_words, grounded, names, numbers, stem, unsupported_claims
 
 
 class SummaryInput(BaseModel):
@@ -45,7 +46,7 @@ class Summarizer(Specialist[SummaryInput, Summary]):
     ) -> None:
         if not 0 < min_words <= max_words:
             raise ValueError(f"need 0 < min_words <= max_words, got {min_words} and {max_words}")
-        kwargs.setdefault("max_tokens", max(128, max_words * 4))
+        kwargs.setdefault("max_tokens", max(256, max_words * 6))  # room for the key points too
         super().__init__(router, model, **kwargs)
         self.min_words = min_words
         self.max_words = max_words
@@ -70,14 +71,13 @@ class Summarizer(Specialist[SummaryInput, Summary]):
         output = reply.parsed
         assert isinstance(output, Summary)
         written = " ".join([output.summary, *output.key_points])
-        source = normalise(data.text)
         source_numbers = set(numbers(data.text))
         source_stems = {stem(w) for w in content_words(data.text)}
 
         nums = numbers(written)
         bad_nums = [n for n in nums if n not in source_numbers]
         people = names(written)
-        bad_names = [n for n in people if normalise(n) not in source]
+        bad_names = [n for n in people if not grounded(n, data.text)]
         words = content_words(written)
         bad_words = [w for w in words if stem(w) not in source_stems]
 
@@ -89,9 +89,11 @@ class Summarizer(Specialist[SummaryInput, Summary]):
             share(people, bad_names),
             share(words, bad_words),
         )
+        claims = unsupported_claims(written, data.text)
+        claim_share = 0.1 if claims else 1.0
         word_count = len(output.summary.split())
         in_bounds = self.min_words <= word_count <= self.max_words
-        confidence = (num_share**3) * (name_share**2) * word_share * (1.0 if in_bounds else 0.5)
+        confidence = (num_share**3) * (name_share**2) * word_share * claim_share * (1.0 if in_bounds else 0.5)
         if not output.summary.strip():
             confidence = 0.0
 
@@ -114,6 +116,13 @@ class Summarizer(Specialist[SummaryInput, Summary]):
                 name="content_words",
                 value=word_share,
                 detail=f"{len(words) - len(bad_words)}/{len(words)} words grounded{listed(bad_words)}",
+            ),
+            Signal(
+                name="says_what_source_says",
+                value=claim_share,
+                detail=f"states as done what the source does not: {'; '.join(claims[:3])}"
+                if claims
+                else "claims nothing happened that the source does not say happened",
             ),
             Signal(
                 name="length",
