@@ -1,74 +1,145 @@
 """shoal: a graph of small specialist language models that knows when to ask a bigger one.
 
-`import shoal` stays light: it imports neither Textual, llama.cpp nor the openai SDK. Those load
-when the TUI, the embedded backend or the frontier backend is first used.
+`import shoal` is nearly free: every name below loads from its module when first used
+(`shoal.Shoal` brings in the engine and LangGraph, `shoal.Settings` pydantic), so a command
+that only reads the database, or a script that wants one error class, pays for no more than it
+uses. Textual, llama.cpp and the openai SDK load only when the TUI, the embedded backend or the
+frontier backend is first used.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from shoal.config import Settings
-from shoal.errors import (
-    AnswerError,
-    AuthenticationError,
-    BackendUnavailableError,
-    ConfigError,
-    HeadError,
-    InputFileError,
-    InvalidRequestError,
-    LabelledDataError,
-    MissingExtraError,
-    ModelError,
-    ModelLoadError,
-    ModelNotFoundError,
-    PermanentModelError,
-    PlanError,
-    SandboxUnavailableError,
-    SchemaValidationError,
-    ServerError,
-    ShoalError,
-    StoreError,
-    TaskError,
-    TransientModelError,
-    UnsupportedCPUError,
-    UsageError,
-)
-from shoal.models import (
-    CallRecord,
-    ChatRequest,
-    Message,
-    ModelBackend,
-    ModelRef,
-    ModelRouter,
-    Reply,
-    RetryPolicy,
-    TokenLogprob,
-    Usage,
-)
-from shoal.status import (
-    AnsweredBy,
-    EscalationOutcome,
-    LadderStatus,
-    ReviewStatus,
-    Rung,
-    RunStatus,
-    StepStatus,
-    TicketStatus,
-)
+if TYPE_CHECKING:
+    from shoal.config import Settings
+    from shoal.engine import RunReport, Shoal
+    from shoal.errors import (
+        AnswerError,
+        AuthenticationError,
+        BackendUnavailableError,
+        ConfigError,
+        HeadError,
+        InputFileError,
+        InvalidRequestError,
+        LabelledDataError,
+        MissingExtraError,
+        ModelError,
+        ModelLoadError,
+        ModelNotFoundError,
+        PermanentModelError,
+        PlanError,
+        SandboxUnavailableError,
+        SchemaValidationError,
+        ServerError,
+        ShoalError,
+        StoreError,
+        TaskError,
+        TransientModelError,
+        UnsupportedCPUError,
+        UsageError,
+    )
+    from shoal.models import (
+        CallRecord,
+        ChatRequest,
+        Message,
+        ModelBackend,
+        ModelRef,
+        ModelRouter,
+        Reply,
+        RetryPolicy,
+        TokenLogprob,
+        Usage,
+    )
+    from shoal.status import (
+        AnsweredBy,
+        EscalationOutcome,
+        LadderStatus,
+        ReviewStatus,
+        Rung,
+        RunStatus,
+        StepStatus,
+        TicketStatus,
+    )
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from shoal.engine import RunReport, Shoal
+# public name -> the module that defines it (one table, read by __getattr__ and dir())
+_HOMES: dict[str, str] = {
+    "Settings": "shoal.config",
+    "RunReport": "shoal.engine",
+    "Shoal": "shoal.engine",
+    **dict.fromkeys(
+        (
+            "AnswerError",
+            "AuthenticationError",
+            "BackendUnavailableError",
+            "ConfigError",
+            "HeadError",
+            "InputFileError",
+            "InvalidRequestError",
+            "LabelledDataError",
+            "MissingExtraError",
+            "ModelError",
+            "ModelLoadError",
+            "ModelNotFoundError",
+            "PermanentModelError",
+            "PlanError",
+            "SandboxUnavailableError",
+            "SchemaValidationError",
+            "ServerError",
+            "ShoalError",
+            "StoreError",
+            "TaskError",
+            "TransientModelError",
+            "UnsupportedCPUError",
+            "UsageError",
+        ),
+        "shoal.errors",
+    ),
+    **dict.fromkeys(
+        (
+            "CallRecord",
+            "ChatRequest",
+            "Message",
+            "ModelBackend",
+            "ModelRef",
+            "ModelRouter",
+            "Reply",
+            "RetryPolicy",
+            "TokenLogprob",
+            "Usage",
+        ),
+        "shoal.models",
+    ),
+    **dict.fromkeys(
+        (
+            "AnsweredBy",
+            "EscalationOutcome",
+            "LadderStatus",
+            "ReviewStatus",
+            "Rung",
+            "RunStatus",
+            "StepStatus",
+            "TicketStatus",
+        ),
+        "shoal.status",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The engine pulls in LangGraph and the store; load it when first asked for, so that
-    # `import shoal` for the model layer alone stays quick.
-    if name in ("Shoal", "RunReport"):
-        from shoal import engine
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
 
-        return getattr(engine, name)
-    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
 
 
 __all__ = [

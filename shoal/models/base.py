@@ -15,12 +15,6 @@ from itertools import accumulate
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from shoal.errors import ModelError, PermanentModelError, SchemaValidationError
 
@@ -307,6 +301,9 @@ T = TypeVar("T")
 
 async def with_retries(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
     """Run `call`, retrying only errors marked transient; permanent ones surface at once."""
+    # here, not at the top: reading the config (ModelRef) must not pay for tenacity
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
     retrying = AsyncRetrying(
         retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.transient),
         stop=stop_after_attempt(policy.attempts),
