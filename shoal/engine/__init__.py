@@ -19,13 +19,39 @@ print(report.status, report.answer)
 ```
 """
 
-from shoal.engine.admin import SpecialistSetup
-from shoal.engine.facade import Shoal
-from shoal.engine.reports import HeadSummary, ReviewItem, RunReport
-from shoal.engine.runs import check_task
-from shoal.engine.wiring import Entities
-from shoal.errors import TaskError
-from shoal.tickets.triage import TicketOutcome
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.engine.admin import SpecialistSetup
+    from shoal.engine.facade import Shoal
+    from shoal.engine.reports import HeadSummary, ReviewItem, RunReport
+    from shoal.engine.runs import check_task
+    from shoal.engine.wiring import Entities
+    from shoal.errors import TaskError
+    from shoal.tickets.triage import TicketOutcome
+
+# Each name loads its module when first used: `shoal.engine.views`, which the read-only commands
+# use, must not bring in the facade and LangGraph by way of this package.
+_HOMES = {
+    "SpecialistSetup": "shoal.engine.admin",
+    "Shoal": "shoal.engine.facade",
+    "HeadSummary": "shoal.engine.reports",
+    "ReviewItem": "shoal.engine.reports",
+    "RunReport": "shoal.engine.reports",
+    "check_task": "shoal.engine.runs",
+    "Entities": "shoal.engine.wiring",
+    "TaskError": "shoal.errors",
+    "TicketOutcome": "shoal.tickets.triage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'shoal.engine' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
 
 __all__ = [
     "Entities",

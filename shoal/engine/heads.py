@@ -7,11 +7,11 @@ process is picked up by the next.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shoal.config import Settings, SpecialistSettings
+from shoal.engine import views
 from shoal.engine.reports import HeadSummary
 from shoal.errors import ConfigError
 from shoal.evaluation import Labelled
@@ -58,7 +58,7 @@ class HeadDesk:
     def _head_for(self, key: str, chosen: SpecialistSettings) -> TrainedHead | None:
         if chosen.head is not None:
             try:
-                blob = chosen.head.expanduser().read_bytes()
+                blob = self.settings.resolve(chosen.head).read_bytes()
             except OSError as exc:
                 raise ConfigError(f"[specialists.{key}] head = {str(chosen.head)!r} cannot be read: {exc}") from None
             return TrainedHead.from_bytes(blob, where=str(chosen.head))
@@ -115,24 +115,8 @@ class HeadDesk:
         return report
 
     def summaries(self) -> list[HeadSummary]:
-        """Every trained head, for `shoal models` and the TUI."""
-        out = []
-        for row in self.store.heads():
-            metrics = json.loads(row.metrics_json or "{}")
-            out.append(
-                HeadSummary(
-                    specialist=row.specialist,
-                    version=row.version,
-                    active=row.active,
-                    embed_model=row.embed_model,
-                    labels=len(json.loads(row.labels_json or "[]")),
-                    examples=row.n_examples,
-                    created_at=row.created_at,
-                    after=metrics.get("after"),
-                    before=metrics.get("before"),
-                )
-            )
-        return out
+        """Every trained head, for `shoal models` and the TUI (the view `shoal heads` prints)."""
+        return views.head_summaries(self.store)
 
     def activate(self, key: str, version: int) -> None:
         """Make a stored head version the active one, here and for processes started later."""

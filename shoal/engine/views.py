@@ -1,19 +1,33 @@
 """What the faces show about runs, read from the store as typed rows: the list of runs, and one
 run's steps, escalations and model calls. Assembled here once, so the CLI and the TUI only lay
 them out (a face never reads the store's tables or parses their JSON columns itself).
+
+The views that `shoal runs`, `show`, `review` (the list) and `heads` print read the file through
+the standard library's `sqlite3` (`read`), and this module is their one home: those commands
+start in a fraction of a second because they import neither SQLAlchemy nor the engine. A file
+that does not exist yet, or lacks a table of this version, is opened once through `Store`, which
+creates or migrates it (or refuses one written by a newer shoal).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from shoal.status import AnsweredBy, EscalationOutcome, Rung, RunStatus, StepStatus
-from shoal.store.db import Store
-from shoal.store.tables import Run
+from shoal.engine.reports import HeadSummary
+from shoal.errors import StoreError
+from shoal.status import AnsweredBy, EscalationOutcome, ReviewStatus, Rung, RunStatus, StepStatus, TicketStatus
+
+if TYPE_CHECKING:  # SQLAlchemy: only for callers that already hold a Store
+    from shoal.store.db import Store
+    from shoal.store.tables import Run
 
 
 class Evidence(BaseModel):
@@ -123,58 +137,174 @@ class RunDetail(BaseModel):
     calls: list[CallLine]
 
 
-def run_summaries(store: Store, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
+# --- reading the file -------------------------------------------------------------------------
+
+R = TypeVar("R")
+BUSY_TIMEOUT_S = 30.0  # as long as the store's own connections wait for a writer's lock
+
+
+def read(db: Store | Path, query: Callable[[sqlite3.Connection], R]) -> R:
+    """`query` run on a plain, query-only `sqlite3` connection to the store's file."""
+    path = db if isinstance(db, Path) else db.path
+    if path.is_file():
+        try:
+            return _query(path, query)
+        except sqlite3.OperationalError as exc:
+            if "no such" not in str(exc):  # not a missing table or column: a locked or broken file
+                raise StoreError(f"cannot read the database {path}: {exc}") from None
+    from shoal.store.db import Store  # creates or migrates the file, or refuses one from a newer shoal
+
+    Store(path).close()
+    return _query(path, query)
+
+
+def _query(path: Path, query: Callable[[sqlite3.Connection], R]) -> R:
+    with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as connection:
+        connection.execute("PRAGMA query_only = ON")
+        return query(connection)
+
+
+def _rows(connection: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+    cursor = connection.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def _status(value: str | RunStatus) -> RunStatus:
+    try:
+        return RunStatus(value)
+    except ValueError:
+        raise StoreError(f"'{value}' is not a RunStatus (one of: {', '.join(RunStatus)})") from None
+
+
+# a view's columns are its fields, named as the table names them
+_RUN = ", ".join(RunSummary.model_fields)
+_STEP = ", ".join(name if name != "evidence" else "evidence_json AS evidence" for name in StepLine.model_fields)
+_ESCALATION = ", ".join(EscalationLine.model_fields)
+_CALL = ", ".join(CallLine.model_fields)
+
+
+def run_summaries(db: Store | Path, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
     """The newest runs first, optionally only those with `status`."""
-    return [RunSummary.of(run) for run in store.list_runs(status=status, limit=limit)]
+    where, params = ("WHERE status = ?", [_status(status).value]) if status is not None else ("", [])
+    sql = f"SELECT {_RUN} FROM run {where} ORDER BY created_at DESC LIMIT ?"
+    return read(db, lambda c: [RunSummary.model_validate(row) for row in _rows(c, sql, [*params, limit])])
 
 
-def run_detail(store: Store, run_id: str) -> RunDetail:
+def find_run(connection: sqlite3.Connection, prefix: str, where: Path) -> RunSummary:
+    """A run by id or unique id prefix (as git takes commit ids); `%` and `_` are characters."""
+    found = list(_rows(connection, f"SELECT {_RUN} FROM run WHERE id = ?", [prefix]))
+    if not found:
+        sql = f"SELECT {_RUN} FROM run WHERE substr(id, 1, ?) = ? LIMIT 2"
+        found = list(_rows(connection, sql, [len(prefix), prefix]))
+    if not found:
+        raise StoreError(f"no run '{prefix}' in {where}: `shoal runs` lists them")
+    if len(found) > 1:
+        raise StoreError(f"'{prefix}' matches several runs: give more of the id")
+    return RunSummary.model_validate(found[0])
+
+
+def run_detail(db: Store | Path, run_id: str) -> RunDetail:
     """A run (by id or unique prefix; `%` and `_` are literal) with its steps, escalations and calls."""
-    run = store.find_run(run_id)
-    steps = [
-        StepLine(
-            step_id=s.step_id,
-            specialist=s.specialist,
-            status=s.status,
-            instruction=s.instruction,
-            model=s.model,
-            confidence=s.confidence,
-            first_confidence=s.first_confidence,
-            answered_by=s.answered_by,
-            output_json=s.output_json,
-            error=s.error,
-            evidence=evidence(json.loads(s.evidence_json or "[]")),
+    path = db if isinstance(db, Path) else db.path
+
+    def query(connection: sqlite3.Connection) -> RunDetail:
+        run = find_run(connection, run_id, path)
+        of_run = [run.id]
+        steps = [
+            StepLine.model_validate({**row, "evidence": evidence(json.loads(row["evidence"] or "[]"))})
+            for row in _rows(connection, f"SELECT {_STEP} FROM step WHERE run_id = ? ORDER BY id", of_run)
+        ]
+        escalations = [
+            EscalationLine.model_validate(row)
+            for row in _rows(connection, f"SELECT {_ESCALATION} FROM escalation WHERE run_id = ? ORDER BY id", of_run)
+        ]
+        calls = [
+            CallLine.model_validate(row)
+            for row in _rows(connection, f"SELECT {_CALL} FROM modelcall WHERE run_id = ? ORDER BY id", of_run)
+        ]
+        return RunDetail(run=run, steps=steps, escalations=escalations, calls=calls)
+
+    return read(db, query)
+
+
+class ReviewLine(BaseModel):
+    """A decision waiting for a person, as the queue lists it (`ReviewDetail` in
+    `engine/reviews.py` is one review whole, with what its specialist takes as an answer)."""
+
+    id: int
+    run_id: str
+    step_id: str
+    specialist: str
+    ticket: str | None = Field(default=None, description="the ticket's id in its export, for a ticket run")
+    text: str = Field(description="what the specialist read")
+    confidence: float = 0.0
+    best_answer: dict[str, Any] | None = None
+    reasons: list[str] = Field(default_factory=list, description="each reason once")
+
+
+def question_text(question: dict[str, Any]) -> str:
+    """What the specialist read, from a review's stored question."""
+    data = question.get("input")
+    data = data if isinstance(data, dict) else {}
+    text = data.get("text", data.get("task"))
+    return text if isinstance(text, str) else json.dumps(data, ensure_ascii=False)
+
+
+def review_lines(db: Store | Path) -> list[ReviewLine]:
+    """The reviews waiting for a person, oldest first, each with its ticket's id when it has one."""
+    sql = (
+        "SELECT id, run_id, step_id, specialist, question_json, "
+        "(SELECT key FROM ticket WHERE ticket.run_id = review.run_id LIMIT 1) AS ticket "
+        "FROM review WHERE status = ? ORDER BY id"
+    )
+
+    def line(row: dict[str, Any]) -> ReviewLine:
+        question = json.loads(row.pop("question_json") or "{}")
+        question = question if isinstance(question, dict) else {}
+        best = question.get("best_answer")
+        return ReviewLine(
+            **row,
+            text=question_text(question),
+            confidence=float(question.get("confidence") or 0.0),
+            best_answer=best if isinstance(best, dict) else None,
+            reasons=list(dict.fromkeys(str(r) for r in question.get("reasons") or [])),
         )
-        for s in store.steps(run.id)
-    ]
-    escalations = [
-        EscalationLine(
-            step_id=e.step_id,
-            rung=e.rung,
-            outcome=e.outcome,
-            confidence_before=e.confidence_before,
-            confidence_after=e.confidence_after,
-            model=e.model,
-            cost_usd=e.cost_usd,
-            reason=e.reason,
-        )
-        for e in store.escalations(run.id)
-    ]
-    calls = [
-        CallLine(
-            id=c.id or 0,
-            step_id=c.step_id,
-            model=c.model,
-            tokens_in=c.tokens_in,
-            tokens_out=c.tokens_out,
-            latency_s=c.latency_s,
-            cost_usd=c.cost_usd,
-            confidence=c.confidence,
-            error=c.error,
-            request_json=c.request_json,
-            reply_json=c.reply_json,
-            raw_text=c.raw_text,
-        )
-        for c in store.model_calls(run.id)
-    ]
-    return RunDetail(run=RunSummary.of(run), steps=steps, escalations=escalations, calls=calls)
+
+    return read(db, lambda c: [line(row) for row in _rows(c, sql, [ReviewStatus.PENDING.value])])
+
+
+def head_summaries(db: Store | Path) -> list[HeadSummary]:
+    """Every trained head, oldest version first (without its weights)."""
+    sql = (
+        "SELECT specialist, version, active, embed_model, labels_json, n_examples AS examples, created_at, "
+        "metrics_json FROM head ORDER BY specialist, version"
+    )
+
+    def summary(row: dict[str, Any]) -> HeadSummary:
+        metrics = json.loads(row.pop("metrics_json") or "{}")
+        labels = json.loads(row.pop("labels_json") or "[]")
+        return HeadSummary(**row, labels=len(labels), after=metrics.get("after"), before=metrics.get("before"))
+
+    return read(db, lambda c: [summary(row) for row in _rows(c, sql)])
+
+
+def ticket_counts(db: Store | Path, source: str, keys: Sequence[str]) -> dict[TicketStatus, int]:
+    """How the tickets `keys` of the export `source` stand in the database, by status (a ticket
+    not stored yet is not counted)."""
+
+    def query(connection: sqlite3.Connection) -> dict[TicketStatus, int]:
+        counts: dict[TicketStatus, int] = {}
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
+            chunk = wanted[start : start + 500]
+            sql = (
+                f"SELECT status, COUNT(*) FROM ticket WHERE source = ? AND key IN ({', '.join('?' * len(chunk))}) "
+                "GROUP BY status"
+            )
+            for status, n in connection.execute(sql, [source, *chunk]):
+                counts[TicketStatus(status)] = counts.get(TicketStatus(status), 0) + int(n)
+        return counts
+
+    return read(db, query)
