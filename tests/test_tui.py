@@ -12,6 +12,7 @@ from shoal.config import Settings, SpecialistSettings
 from shoal.engine import Shoal
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
+from shoal.status import ReviewStatus, RunStatus, TicketStatus
 
 pytest.importorskip("textual")
 
@@ -74,8 +75,9 @@ async def test_runs_screen_lists_and_filters_runs(tmp_path: Path) -> None:
         calls = app.screen.query_one("#calls", DataTable)
         assert calls.row_count == 2
         await pilot.press("down")
-        detail = str(app.screen.query_one("#detail-pane", Static).render())
-        assert "prompt:" in detail and "reply:" in detail
+        reply = str(app.screen.query_one("#call-reply", Static).render())
+        prompt = str(app.screen.query_one("#call-prompt", Static).render())
+        assert reply.startswith("reply (") and prompt.startswith("prompt:") and "--- user ---" in prompt
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
 
@@ -92,7 +94,7 @@ async def test_answering_a_review_resumes_its_run(tmp_path: Path) -> None:
         table = screen.query_one("#reviews", DataTable)
         assert table.row_count == 1
         text = str(screen.query_one("#question", Static).render())
-        assert "small model" in text and "why it is here" in text
+        assert text.startswith("a accepts: REFUND") and "evidence" in text and "why it is here" in text
         screen.query_one("#answer", Input).focus()
         await pilot.press(*"INVOICE", "enter")
         await app.workers.wait_for_complete()
@@ -118,7 +120,11 @@ async def test_a_wrong_answer_is_shown_and_nothing_changes(tmp_path: Path) -> No
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert screen.query_one("#reviews", DataTable).row_count == 1
-    assert shoal.store.reviews(status="pending")
+        # the engine's AnswerError, where the answer is typed; the typed text stays to be fixed
+        shown = str(screen.query_one("#answer-status", Static).render())
+        assert "'NOT_A_LABEL' is not a label of classifier; its labels:" in shown
+        assert screen.query_one("#answer", Input).value == "NOT_A_LABEL"
+    assert shoal.store.reviews(status=ReviewStatus.PENDING)
 
 
 async def test_models_screen_edits_a_threshold_into_shoal_toml(tmp_path: Path) -> None:
@@ -186,8 +192,9 @@ async def test_a_batch_started_from_new_task_appears_on_runs(tmp_path: Path) -> 
         table = screen.query_one("#runs", DataTable)
         assert table.row_count == 1
         row = table.get_row_at(0)
-        assert str(row[1]) == "tickets" and str(row[2]) == "done" and str(row[3]) == "6/6"
-    rejected = [t for t in shoal.store.tickets() if t.status == "rejected"]
+        # done, or waiting on a person for a field the scripted answers cannot settle (the reply)
+        assert str(row[1]) == "tickets" and str(row[2]) in (RunStatus.DONE, RunStatus.WAITING)
+    rejected = [t for t in shoal.store.tickets() if t.status == TicketStatus.REJECTED]
     assert len(rejected) == 1 and rejected[0].error == "the text is empty"
 
 
@@ -362,6 +369,7 @@ async def test_stored_text_is_shown_as_it_is_never_as_markup(tmp_path: Path) -> 
     app = ShoalApp(settings)
     async with app.run_test(size=(140, 40)) as pilot:
         assert isinstance(app.screen, RunsScreen)
+        await app.workers.wait_for_complete()  # the engine is imported on a thread at start
         await pilot.pause()
         assert str(app.screen.query_one("#runs", DataTable).get_row_at(0)[7]) == task
         await pilot.press("enter")

@@ -275,3 +275,11 @@ class Shoal:
     async def aclose(self) -> None:
         await self.wiring.aclose()
         await self.router.aclose()
+
+    def run_lines(self, *, status: RunStatus | None = None, limit: int = 200) -> list[views.RunLine]:
+        """The newest runs with their progress (steps done of planned, reviews pending)."""
+        return views.run_lines(self.store, status=status, limit=limit)
+
+    def exchange(self, call: views.CallLine) -> views.Exchange:
+        """A model call's prompt and reply as text (from a `run_detail` call line)."""
+        return views.exchange(call)

@@ -308,3 +308,80 @@ def ticket_counts(db: Store | Path, source: str, keys: Sequence[str]) -> dict[Ti
         return counts
 
     return read(db, query)
+
+
+# --- the Runs board and a call's exchange (added for the TUI) -----------------------------------
+
+
+class RunLine(RunSummary):
+    """A run's row on a live board: its summary, how far its plan got, and its open reviews."""
+
+    steps_done: int = 0
+    steps_planned: int = 0
+    reviews_pending: int = 0
+
+
+def run_lines(store: Store, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
+    """The newest runs first (optionally only those with `status`), each with its progress: plan
+    steps done out of planned (the planner's own step not counted) and reviews still pending."""
+    pending: dict[str, int] = {}
+    for review in store.reviews(status=ReviewStatus.PENDING):
+        pending[review.run_id] = pending.get(review.run_id, 0) + 1
+    lines = []
+    for run in store.list_runs(status=status, limit=limit):
+        steps = [s for s in store.steps(run.id) if s.step_id != "plan"]
+        plan = json.loads(run.plan_json) if run.plan_json else None
+        planned = len(plan["steps"]) if isinstance(plan, dict) and isinstance(plan.get("steps"), list) else len(steps)
+        lines.append(
+            RunLine(
+                **RunSummary.of(run).model_dump(),
+                steps_done=sum(s.status == StepStatus.DONE for s in steps),
+                steps_planned=planned,
+                reviews_pending=pending.get(run.id, 0),
+            )
+        )
+    return lines
+
+
+class Turn(BaseModel):
+    """One message of a prompt."""
+
+    role: str
+    content: str
+
+
+class Exchange(BaseModel):
+    """A model call as a person reads it: the prompt's messages as text, what else the request
+    asked for (temperature, schema, ...), and the reply's text or the error in its place."""
+
+    turns: list[Turn]
+    options: dict[str, Any] = Field(default_factory=dict)
+    reply: str | None = None
+    error: str | None = None
+
+
+def exchange(call: CallLine) -> Exchange:
+    """`call`'s stored request and reply, unpacked; a request that is not a chat is one turn."""
+    try:
+        request = json.loads(call.request_json)
+    except ValueError:
+        request = None
+    turns: list[Turn] = []
+    options: dict[str, Any] = {}
+    if isinstance(request, dict) and isinstance(request.get("messages"), list):
+        for message in request["messages"]:
+            if isinstance(message, dict):
+                turns.append(Turn(role=str(message.get("role", "?")), content=str(message.get("content", ""))))
+        options = {k: v for k, v in request.items() if k != "messages" and v is not None}
+    else:
+        turns.append(Turn(role="request", content=call.request_json))
+    reply: str | None = None
+    if call.reply_json:
+        try:
+            stored = json.loads(call.reply_json)
+        except ValueError:
+            stored = None
+        reply = str(stored["text"]) if isinstance(stored, dict) and "text" in stored else call.reply_json
+    elif call.raw_text is not None:
+        reply = call.raw_text
+    return Exchange(turns=turns, options=options, reply=reply, error=call.error)

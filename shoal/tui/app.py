@@ -3,14 +3,16 @@
 The app is small: its bindings and command palette, switching between the screens (one module
 each, in `screens/`), the work that outlives a screen (tasks, retries, ticket batches and the
 runs that answered reviews resume, in Textual workers), and the engine's lifecycle, held by a
-`Core` that never imports Textual. The screens read the store, so runs of other processes on the
-same database show up live, and act through the engine; they never talk to a model backend.
-Workers report through typed messages.
+`Core` that never imports Textual. The screens read through the engine's views (runs of other
+processes on the same database show up live) and act through it; they never talk to a model
+backend. Workers hold the engine through `Core.lease()`, so a settings reload never closes it
+under them, and report through typed messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +25,7 @@ from textual.worker import Worker, get_current_worker
 from shoal.config import Settings
 from shoal.errors import ShoalError
 from shoal.store import Store
+from shoal.tui.commands import TriageCommand, triage_summary
 from shoal.tui.core import Core
 from shoal.tui.messages import (
     AnswerRequested,
@@ -30,6 +33,7 @@ from shoal.tui.messages import (
     RetryRequested,
     ReviewAnswered,
     StartRequested,
+    TriageRequested,
     WorkFailed,
     WorkFinished,
 )
@@ -38,6 +42,7 @@ from shoal.tui.widgets import ShoalScreen
 
 if TYPE_CHECKING:
     from shoal.engine import Shoal
+    from shoal.tickets.triage import TicketOutcome
 
 
 class ShoalApp(App[None]):
@@ -51,9 +56,17 @@ class ShoalApp(App[None]):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, settings: Settings | None = None, *, engine: Shoal | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: Shoal | None = None,
+        build: Callable[[Settings, Store], Shoal] | None = None,
+    ) -> None:
+        """`engine`: the one to start with; `build`: how a reload of the settings makes the next
+        one over the same store (by default `Shoal(settings, store=store)`)."""
         super().__init__()
-        self.core = Core(settings, engine=engine)
+        self.core = Core(settings, engine=engine, build=build)
         self._run_workers: dict[str, Worker[None]] = {}
 
     @property
@@ -73,6 +86,17 @@ class ShoalApp(App[None]):
     def on_mount(self) -> None:
         self.sub_title = str(self.store.path)
         self.push_screen(RunsScreen(self.core))
+        self.run_worker(self._start_engine(), group="engine")
+
+    async def _start_engine(self) -> None:
+        try:
+            await self.core.start()
+        except Exception as exc:  # shown to the operator; the screens say it again when used
+            self.post_message(WorkFailed(f"the engine could not start: {exc}", timeout=15))
+            return
+        for screen in self.screen_stack:
+            if isinstance(screen, RunsScreen) and screen.is_mounted:  # else its mount shows the runs
+                screen.action_refresh()
 
     def action_reviews(self) -> None:
         if not isinstance(self.screen, ReviewScreen):
@@ -101,9 +125,9 @@ class ShoalApp(App[None]):
     def action_help(self) -> None:
         self.notify(
             "Runs: enter opens a run, f cycles the status filter, v the review queue, n a new task, m models.\n"
-            "Run: arrows move through model calls; escape goes back.\n"
-            "Reviews: a accepts the best answer, or type a label / JSON and press enter.\n"
-            "Models: e edits a specialist's model and threshold (saved to shoal.toml).\n"
+            "Run: tab moves between steps, calls and the call pane (reply, then prompt); arrows scroll.\n"
+            "Reviews: a accepts the best answer (asks again when unsure), / types a label or JSON.\n"
+            "Models: e edits a specialist's threshold and/or model (saved to shoal.toml).\n"
             "ctrl+p opens the command palette.",
             title="shoal",
             timeout=10,
@@ -115,13 +139,17 @@ class ShoalApp(App[None]):
     def _start_requested(self, message: StartRequested) -> None:
         self.start(message.text)
 
+    @on(TriageRequested)
+    def _triage_requested(self, message: TriageRequested) -> None:
+        self.triage(message.command)
+
     @on(RetryRequested)
     def _retry_requested(self, message: RetryRequested) -> None:
         self.resume(message.run_id)
 
     @on(AnswerRequested)
     def _answer_requested(self, message: AnswerRequested) -> None:
-        self.answer(message.review_id, message.value)
+        self.answer(message.review_id, message.text, accept=message.accept)
 
     @on(CancelRequested)
     def _cancel_requested(self, message: CancelRequested) -> None:
@@ -137,22 +165,25 @@ class ShoalApp(App[None]):
     async def resume(self, run_id: str) -> None:
         self._run_workers[run_id] = get_current_worker()
         try:
-            report = await self.engine.resume(run_id)
+            async with self.core.lease() as engine:
+                report = await engine.resume(run_id)
         except Exception as exc:  # shown to the operator; the app keeps running
             self.post_message(WorkFailed(f"retry of {run_id} failed: {exc}", timeout=10))
             return
         self.post_message(WorkFinished(f"run {run_id}", report.summary()))
 
     @work(group="reviews")
-    async def answer(self, review_id: int, value: Any) -> None:
-        """Send a person's answer; the engine resumes the run at once (models may run for a while).
+    async def answer(self, review_id: int, text: str | None, *, accept: bool = False) -> None:
+        """Send a person's answer; the engine reads it (or refuses it, saying why) and resumes the
+        run at once (models may run for a while).
 
         On the app, not the Review screen: leaving the screen would cancel the resumed run."""
         self.notify(f"review {review_id}: answer sent, resuming its run")
         try:
-            report = await self.engine.review(review_id, value, who="tui")
-        except Exception as exc:  # shown to the operator, the app keeps running
-            self.post_message(ReviewAnswered(review_id, "error", str(exc)))
+            async with self.core.lease() as engine:
+                report = await engine.answer_review(review_id, text, accept=accept, who="tui")
+        except Exception as exc:  # an AnswerError says what the specialist takes; shown on the queue
+            self.post_message(ReviewAnswered(review_id, None, str(exc)))
             return
         self.post_message(ReviewAnswered(review_id, report.status))
 
@@ -164,38 +195,55 @@ class ShoalApp(App[None]):
             self.notify(f"review {message.review_id} answered; run is {message.status}", markup=False)
         for screen in self.screen_stack:
             if isinstance(screen, ReviewScreen):
-                screen.action_refresh()
+                screen.answered(message)
 
     @work(group="tasks")
     async def start(self, text: str) -> None:
-        """Run a task or a ticket batch in the background; Runs shows it as it goes."""
-        if text.startswith("triage "):
-            await self._triage(Path(text.removeprefix("triage ").strip()))
-            return
+        """Run a task in the background; Runs shows it as it goes."""
         worker = get_current_worker()
         try:
-            report = await self.engine.run(text, on_start=lambda run_id: self._run_workers.__setitem__(run_id, worker))
+            async with self.core.lease() as engine:
+                report = await engine.run(text, on_start=lambda run_id: self._run_workers.__setitem__(run_id, worker))
         except Exception as exc:  # shown to the operator; the app keeps running
             self.post_message(WorkFailed(f"task failed: {exc}", timeout=10))
             return
         self.post_message(WorkFinished(f"run {report.run_id}", report.summary()))
 
-    async def _triage(self, path: Path) -> None:
+    @work(group="tasks")
+    async def triage(self, command: TriageCommand) -> None:
+        """Triage a ticket file as `shoal triage` does; Runs shows its tickets as they go."""
         from shoal.tickets.files import ticket_source
 
         try:
-            rows = await self.core.read_tickets(path)
+            rows = await self.core.read_tickets(command)
         except (OSError, ShoalError) as exc:
             self.post_message(WorkFailed(str(exc)))
             return
+        source = ticket_source(command.file)
+        outcomes: list[TicketOutcome] = []
         try:
-            outcomes = await self.engine.triage(rows, source=ticket_source(path))
+            async with self.core.lease() as engine:
+                try:
+                    await engine.triage(
+                        rows,
+                        source=source,
+                        concurrency=command.concurrency,
+                        force=command.force,
+                        on_ticket=outcomes.append,
+                    )
+                finally:  # also when stopped: what finished is in the database, and in the file
+                    written = await self._export(engine, command, source, [row.key for row in rows])
         except Exception as exc:  # shown to the operator; finished tickets are saved
-            self.post_message(WorkFailed(f"triage stopped: {exc}", timeout=10))
+            self.post_message(WorkFailed(f"triage of {command.file.name} stopped: {exc}", timeout=10))
             return
-        done = sum(o.status == "done" for o in outcomes)
-        waiting = sum(o.status == "waiting" for o in outcomes)
-        self.post_message(WorkFinished(f"triage {path.name}", f"{done} done, {waiting} waiting for review"))
+        self.post_message(WorkFinished(f"triage {command.file.name}", triage_summary(outcomes) + written))
+
+    async def _export(self, engine: Shoal, command: TriageCommand, source: str, keys: list[str]) -> str:
+        if command.out is None:
+            return ""
+        out = command.out
+        count = await asyncio.to_thread(engine.export_tickets, source, keys, out)
+        return f"; wrote {count} tickets to {out}"
 
     @on(WorkFinished)
     def _work_finished(self, message: WorkFinished) -> None:

@@ -1,12 +1,19 @@
 """What the TUI's screens act on, with no Textual in it: the settings, the store, and the engine.
 
-The engine is built on first use, so opening `shoal tui` to watch runs loads no models and not
-even LangGraph; `import shoal.tui` stays light.
+The engine is imported off the event loop and built on first use, so opening `shoal tui` paints
+at once and loads no models. Work that outlives a call (a run, a triage batch, the run an answer
+resumes) holds the engine through `lease()`: reloading the settings (the Models screen) gives
+work started afterwards a new engine, and closes the old one only once the last work using it
+has finished; closing it earlier cut the checkpointer's connection under a running triage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,44 +23,103 @@ from shoal.store import Store
 if TYPE_CHECKING:
     from shoal.engine import Shoal
     from shoal.tickets.files import BadRow, TicketRow
+    from shoal.tui.commands import TriageCommand
+
+
+def _build(settings: Settings, store: Store) -> Shoal:
+    from shoal.engine import Shoal
+
+    return Shoal(settings, store=store)
 
 
 class Core:
-    """One per app: the screens read `store` and act through `engine`."""
+    """One per app: the screens read through `engine` and act through it."""
 
-    def __init__(self, settings: Settings | None = None, *, engine: Shoal | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: Shoal | None = None,
+        build: Callable[[Settings, Store], Shoal] | None = None,
+    ) -> None:
         self.settings = settings or Settings.load()
         self._engine = engine
+        # how an engine is made from settings over the app's one store (tests give a scripted router)
+        self._build = build or _build
         self.store: Store = engine.store if engine is not None else Store(self.settings.db_path)
+        self._users: dict[int, int] = {}  # id(engine) -> work in flight on it
+        self._retired: list[Shoal] = []  # replaced engines that work still uses
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine is built (reading through it then costs no import)."""
+        return self._engine is not None
+
+    async def start(self) -> None:
+        """Import the engine on a thread (LangGraph and the rest take seconds), then build it."""
+        if self._engine is None:
+            await asyncio.to_thread(importlib.import_module, "shoal.engine")
+            _ = self.engine
 
     @property
     def engine(self) -> Shoal:
-        if self._engine is None:  # built on first use: reading runs needs no models
-            from shoal.engine import Shoal
-
-            self._engine = Shoal(self.settings, store=self.store)
+        """The engine for work starting now (built on first use, from the current settings)."""
+        if self._engine is None:
+            self._engine = self._build(self.settings, self.store)
         return self._engine
 
-    def reload_settings(self, path: Path) -> Shoal | None:
-        """New thresholds and models take effect for work started from now on.
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Shoal]:
+        """The current engine, kept open until the block ends even if the settings are reloaded."""
+        engine = self.engine
+        key = id(engine)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield engine
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                if any(old is engine for old in self._retired):
+                    self._retired = [old for old in self._retired if old is not engine]
+                    await engine.aclose()
 
-        Returns the engine the new settings replace (None if none was built yet): the caller
-        closes it once the work it is running lets go of it."""
-        self.settings = Settings.load(path)
-        retired = self._engine
-        if retired is not None:
-            from shoal.engine import Shoal
+    def in_use(self, engine: Shoal) -> bool:
+        return bool(self._users.get(id(engine)))
 
-            self._engine = Shoal(self.settings, store=self.store)
-        return retired
+    async def reload_settings(self, path: Path) -> None:
+        """Read the settings again: new thresholds and models apply to work started from now on.
 
-    async def read_tickets(self, path: Path) -> list[TicketRow | BadRow]:
-        """A ticket file's rows, read off the event loop (raises OSError or a ShoalError)."""
+        The engine they replace is closed now if nothing uses it, else when its last work ends.
+        The database stays the one this window opened."""
+        self.settings = Settings.load(path).model_copy(update={"db_path": self.store.path})
+        retired, self._engine = self._engine, None
+        if retired is None:
+            return
+        if self.in_use(retired):
+            self._retired.append(retired)
+        else:
+            await retired.aclose()
+
+    async def read_tickets(self, command: TriageCommand) -> list[TicketRow | BadRow]:
+        """A ticket file's rows as the command asks (columns, limit), read off the event loop.
+
+        Raises OSError or a ShoalError."""
         from shoal.tickets.files import read_tickets
 
         max_chars = self.settings.tickets.max_chars
-        return await asyncio.to_thread(lambda: list(read_tickets(path.expanduser(), max_chars=max_chars)))
+
+        def read() -> list[TicketRow | BadRow]:
+            rows = read_tickets(
+                command.file, text_column=command.text_column, id_column=command.id_column, max_chars=max_chars
+            )
+            return list(itertools.islice(rows, command.limit))
+
+        return await asyncio.to_thread(read)
 
     async def aclose(self) -> None:
-        if self._engine is not None:
-            await self._engine.aclose()
+        """Close every engine (the app is ending: its workers are cancelled)."""
+        engines = [*self._retired, *([self._engine] if self._engine is not None else [])]
+        self._retired, self._engine = [], None
+        for engine in engines:
+            await engine.aclose()

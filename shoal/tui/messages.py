@@ -7,22 +7,32 @@ app, which owns the long-running work (it outlives the screen that started it), 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 if TYPE_CHECKING:
     from shoal.models.base import BackendHealth
+    from shoal.status import RunStatus
+    from shoal.tui.commands import TriageCommand
 
 # --- screens -> app ------------------------------------------------------------------------
 
 
 class StartRequested(Message):
-    """Run a task, or `triage PATH` a ticket file, in the background."""
+    """Run a task for the planner in the background."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class TriageRequested(Message):
+    """Triage a ticket file in the background, as `shoal triage` would with these options."""
+
+    def __init__(self, command: TriageCommand) -> None:
+        super().__init__()
+        self.command = command
 
 
 class RetryRequested(Message):
@@ -34,12 +44,14 @@ class RetryRequested(Message):
 
 
 class AnswerRequested(Message):
-    """Answer a pending review (a label, or the specialist's output as JSON) and resume its run."""
+    """Answer a pending review with what a person typed (the engine reads it), or `accept` the
+    models' best answer; its run then resumes."""
 
-    def __init__(self, review_id: int, value: Any) -> None:
+    def __init__(self, review_id: int, text: str | None = None, *, accept: bool = False) -> None:
         super().__init__()
         self.review_id = review_id
-        self.value = value
+        self.text = text
+        self.accept = accept
 
 
 class CancelRequested(Message):
@@ -72,9 +84,10 @@ class WorkFailed(Message):
 
 
 class ReviewAnswered(Message):
-    """An answer reached the engine; the run it resumed is now `status` (or `error` says why not)."""
+    """An answer reached the engine; the run it resumed is now `status`, or `error` says why the
+    answer was not taken (then `status` is None)."""
 
-    def __init__(self, review_id: int, status: str, error: str | None = None) -> None:
+    def __init__(self, review_id: int, status: RunStatus | None, error: str | None = None) -> None:
         super().__init__()
         self.review_id = review_id
         self.status = status

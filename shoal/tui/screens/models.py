@@ -1,25 +1,56 @@
 """Models: backends and their health; each specialist's model and threshold (editable into
-shoal.toml); trained heads (activate one); pulling an Ollama model with a progress bar."""
+shoal.toml); trained heads (activate one); pulling an Ollama model with a progress bar.
+
+An edit writes only what was typed: a threshold alone leaves the model to `default_model` (writing
+the model shown would pin it, and a later change of `default_model` would no longer reach it).
+Saved settings apply to work started afterwards; the core keeps running work on its engine.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
+from shoal.errors import ConfigError
 from shoal.tui.messages import BackendsChecked, PullFinished, PullProgressed
 from shoal.tui.widgets import ShoalScreen, cells
+
+if TYPE_CHECKING:
+    from shoal.engine.admin import SpecialistSetup
+    from shoal.tui.core import Core
+
+
+def read_edit(typed: str) -> tuple[str | None, float | None]:
+    """What an edit box holds: a threshold (a number), a model (anything else), or both."""
+    model: str | None = None
+    threshold: float | None = None
+    for word in typed.split():
+        try:
+            number = float(word)
+        except ValueError:
+            if model is not None:
+                raise ConfigError(f"two models given ({model}, {word}): give one model and/or one threshold") from None
+            model = word
+            continue
+        if threshold is not None:
+            raise ConfigError(f"two thresholds given ({threshold:g}, {word}): give one, between 0 and 1")
+        threshold = number
+    if model is None and threshold is None:
+        raise ConfigError("nothing typed: give a threshold (0.55), a model (ollama:qwen2.5:3b), or both")
+    return model, threshold
 
 
 class ModelsScreen(ShoalScreen):
     """Backends and their health; each specialist's model and threshold, editable into shoal.toml."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
         Binding("e", "edit", "Edit model/threshold"),
         Binding("a", "activate", "Activate head version"),
         Binding("p", "pull", "Pull Ollama model"),
@@ -31,19 +62,29 @@ class ModelsScreen(ShoalScreen):
         yield DataTable(id="backends", cursor_type="row")
         yield DataTable(id="specialists", cursor_type="row")
         yield DataTable(id="heads", cursor_type="row")
-        yield Input(placeholder="MODEL THRESHOLD, e.g. ollama:qwen2.5:3b 0.7 (enter saves to shoal.toml)", id="edit")
-        yield Input(placeholder="Ollama model to pull, e.g. qwen2.5:3b (enter starts)", id="pull")
+        with Vertical(id="edit-box"):
+            yield Static("", id="edit-label", markup=False)
+            yield Input(placeholder="a threshold (0.55), a model (ollama:qwen2.5:3b), or both", id="edit")
+        yield Input(placeholder="Ollama model to pull, e.g. qwen2.5:3b (enter starts, escape closes)", id="pull")
         yield ProgressBar(id="pull-progress", show_eta=True)
         yield Static("", id="pull-status", markup=False)
         yield Footer()
 
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self.setups: dict[str, SpecialistSetup] = {}
+        self.editing: str | None = None  # the specialist the edit box is for
+
     def on_mount(self) -> None:
+        self.query_one("#backends", DataTable).border_title = "backends"
+        self.query_one("#specialists", DataTable).border_title = "specialists (e: edit)"
+        self.query_one("#heads", DataTable).border_title = "trained heads (a: activate)"
         self.query_one("#backends", DataTable).add_columns("backend", "status", "where", "models")
         self.query_one("#specialists", DataTable).add_columns("specialist", "model", "threshold", "answers with")
         self.query_one("#heads", DataTable).add_columns(
             "head", "active", "trained on", "labels", "held-out acc.", "ECE", "escalated", "before", "embeddings", "at"
         )
-        self.query_one("#edit", Input).display = False
+        self.query_one("#edit-box").display = False
         self.query_one("#pull", Input).display = False
         self.query_one("#pull-progress", ProgressBar).display = False
         self.action_refresh()
@@ -52,8 +93,10 @@ class ModelsScreen(ShoalScreen):
         engine = self.core.engine
         table = self.query_one("#specialists", DataTable)
         table.clear()
-        for setup in engine.specialist_settings():
-            table.add_row(*cells(setup.name, setup.model, f"{setup.threshold:.2f}", setup.how), key=setup.name)
+        self.setups = {setup.name: setup for setup in engine.specialist_settings()}
+        for setup in self.setups.values():
+            model = setup.model if self._model_set(setup.name) else f"{setup.model} (default)"
+            table.add_row(*cells(setup.name, model, f"{setup.threshold:.2f}", setup.how), key=setup.name)
         heads = self.query_one("#heads", DataTable)
         heads.clear()
         for h in engine.heads():
@@ -102,15 +145,44 @@ class ModelsScreen(ShoalScreen):
             status = "ready" if row.reachable else f"unavailable: {row.reason[:80]}"
             table.add_row(*cells(row.backend, status, row.where, models))
 
+    def _model_set(self, name: str) -> bool:
+        """Whether shoal.toml names this specialist's model (else it follows `default_model`)."""
+        configured = self.core.settings.specialists.get(name)
+        return configured is not None and configured.model is not None
+
+    def _config_path(self) -> Path:
+        return self.core.settings.source or Path.cwd() / "shoal.toml"
+
     def action_edit(self) -> None:
         table = self.query_one("#specialists", DataTable)
         if table.row_count == 0:
             return
-        _, model, threshold, _ = table.get_row_at(table.cursor_row)
+        name = str(table.get_row_at(table.cursor_row)[0])
+        setup = self.setups[name]
+        self.editing = name
+        follows = "" if self._model_set(name) else " (default_model)"
+        self.query_one("#edit-label", Static).update(
+            f"edit {name}: model {setup.model}{follows}, threshold {setup.threshold:.2f}. Type a threshold, "
+            f"a model, or both; enter saves to {self._config_path()}, escape closes."
+        )
+        box = self.query_one("#edit-box")
+        box.border_title = f"edit {name}"
+        box.display = True
         edit = self.query_one("#edit", Input)
-        edit.display = True
-        edit.value = f"{model} {threshold}"
+        edit.value = ""
         edit.focus()
+
+    def action_back(self) -> None:
+        """Escape closes an open edit or pull box, and only with none open leaves the screen."""
+        closed = False
+        for box in (self.query_one("#edit-box"), self.query_one("#pull", Input)):
+            closed = closed or bool(box.display)
+            box.display = False
+        if closed:
+            self.editing = None
+            self.query_one("#specialists", DataTable).focus()
+        else:
+            self.app.pop_screen()
 
     def action_pull(self) -> None:
         box = self.query_one("#pull", Input)
@@ -153,25 +225,26 @@ class ModelsScreen(ShoalScreen):
         self.check_backends()
 
     @on(Input.Submitted, "#edit")
-    def _save(self, event: Input.Submitted) -> None:
+    async def _save(self, event: Input.Submitted) -> None:
         from shoal.config import save_specialist
-        from shoal.errors import ConfigError
 
-        table = self.query_one("#specialists", DataTable)
-        name = str(table.get_row_at(table.cursor_row)[0])
-        parts = event.value.split()
+        name = self.editing
+        if name is None:
+            return
+        path = self._config_path()
         try:
-            if len(parts) != 2:
-                raise ConfigError("give MODEL THRESHOLD, e.g. embedded:smollm2-135m 0.7")
-            threshold = float(parts[1])
-            path = self.core.settings.source or Path.cwd() / "shoal.toml"
-            save_specialist(path, name, model=parts[0], threshold=threshold)
-        except (ValueError, ConfigError) as exc:
+            model, threshold = read_edit(event.value)
+            save_specialist(path, name, model=model, threshold=threshold)
+            await self.core.reload_settings(path)
+        except (ValueError, ConfigError) as exc:  # shown in the box's label; the box stays open
+            self.query_one("#edit-label", Static).update(f"edit {name}: {exc}")
             self.notify(str(exc), severity="error", markup=False)
             return
-        retired = self.core.reload_settings(path)
-        if retired is not None:  # closed on the app, so that leaving this screen does not cut it short
-            self.app.run_worker(retired.aclose(), group="close")
-        event.input.display = False
-        self.notify(f"{name}: {parts[0]} at {threshold:.2f}, saved to {path}", markup=False)
+        self.query_one("#edit-box").display = False
+        self.editing = None
+        changed = ", ".join(
+            part for part in (model, None if threshold is None else f"threshold {threshold:.2f}") if part
+        )
+        self.notify(f"{name}: {changed}, saved to {path}; work started from now on uses it", markup=False)
+        self.query_one("#specialists", DataTable).focus()
         self.action_refresh()

@@ -1,92 +1,162 @@
-"""Review queue: decisions waiting for a person; accept the best answer, or type one."""
+"""Review queue: decisions waiting for a person; accept the best answer, or type one.
+
+The engine reads what is typed (a label, JSON, or plain text for a one-text output) and says
+what is wrong with it (`AnswerError`); this screen shows that message where the answer is typed.
+Accepting an answer the models were unsure of (`data.CONFIRM_BELOW`) asks once more.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from shoal.tui.data import question_text
-from shoal.tui.messages import AnswerRequested
+from shoal.tui.data import compact, needs_confirming, review_text
+from shoal.tui.messages import AnswerRequested, ReviewAnswered
 from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
+
+if TYPE_CHECKING:
+    from shoal.engine.reviews import ReviewDetail
+    from shoal.tui.core import Core
 
 
 class ReviewScreen(ShoalScreen):
     """Decisions waiting for a person: accept the best answer, or type one (a label or JSON)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
         Binding("a", "accept", "Accept best answer"),
+        Binding("y", "confirm", "Yes, accept", show=False),
+        Binding("slash", "type_answer", "Type an answer"),
         Binding("r", "refresh", "Refresh"),
     ]
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self.reviews: dict[int, ReviewDetail] = {}
+        self.confirming: int | None = None  # the review whose low-confidence accept waits for a/y
+        self.typed_for: int | None = None  # the review the answer box's text was sent for
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="reviews", cursor_type="row")
-        yield Static("", id="question", markup=False)
+        with VerticalScroll(id="question-pane"):
+            yield Static("", id="question", markup=False)
+        yield Static("", id="answer-status", markup=False)
         yield Input(placeholder="answer: a label, or JSON of the specialist's output; enter to send", id="answer")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#reviews", DataTable).add_columns("id", "run", "step", "specialist", "confidence")
+        self.query_one("#reviews", DataTable).add_columns("id", "specialist", "conf.", "best answer", "step", "run")
+        self.query_one("#question-pane").border_title = "the question (tab here to scroll)"
+        self.query_one("#answer-status").display = False
         self.action_refresh()
         self.set_interval(2.0, self.action_refresh)
 
     def action_refresh(self) -> None:
         table = self.query_one("#reviews", DataTable)
         selected = selected_key(table)
+        self.reviews = {review.id: review for review in self.core.engine.pending_reviews()}
         table.clear()
-        for review in self.store.reviews(status="pending"):
-            question = json.loads(review.question_json)
+        for review in self.reviews.values():
+            best = "-" if review.best_answer is None else compact(review.best_answer)
             table.add_row(
                 *cells(
                     str(review.id),
-                    review.run_id,
-                    review.step_id,
                     review.specialist,
-                    f"{question.get('confidence', 0):.2f}",
+                    f"{review.confidence:.2f}",
+                    best[:40],
+                    review.step_id,
+                    review.run_id,
                 ),
                 key=str(review.id),
             )
         keep_cursor(table, selected)
         if table.row_count == 0:
             self.query_one("#question", Static).update("no decisions waiting")
+        elif selected_key(table) != selected:
+            self._show(self.selected())
 
     def selected(self) -> int | None:
         key = selected_key(self.query_one("#reviews", DataTable))
         return None if key is None else int(key)
 
     @on(DataTable.RowHighlighted, "#reviews")
-    def _show(self, event: DataTable.RowHighlighted) -> None:
-        review = self.store.get_review(int(str(event.row_key.value)))
-        self.query_one("#question", Static).update(question_text(json.loads(review.question_json)))
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show(int(str(event.row_key.value)))
+
+    def _show(self, review_id: int | None) -> None:
+        review = self.reviews.get(review_id) if review_id is not None else None
+        if review is None:
+            return
+        if self.confirming != review_id:
+            self._say(None)
+        self.query_one("#question", Static).update(review_text(review))
+        self.query_one("#answer", Input).placeholder = f"answer review {review.id}: {review.expects}"
+
+    def _say(self, text: str | None, *, error: bool = False) -> None:
+        """The line above the answer box: a confirmation to give, or why an answer was refused."""
+        if text is None:
+            self.confirming = None
+        status = self.query_one("#answer-status", Static)
+        status.display = text is not None
+        status.set_class(error, "error")
+        status.update(text or "")
 
     def action_accept(self) -> None:
         review_id = self.selected()
-        if review_id is None:
+        review = self.reviews.get(review_id) if review_id is not None else None
+        if review is None:
             return
-        best = json.loads(self.store.get_review(review_id).question_json).get("best_answer")
-        if best is None:
-            self.notify("the models gave no answer to accept: type one", severity="warning")
+        if review.best_answer is None:
+            self._say("the models gave no usable answer to accept: type one below", error=True)
             return
-        self.app.post_message(AnswerRequested(review_id, best))
+        if needs_confirming(review) and self.confirming != review.id:
+            self._say(
+                f"accept {compact(review.best_answer)} at confidence {review.confidence:.2f}? "
+                "a or y: yes, escape: no (it becomes a labelled example)"
+            )
+            self.confirming = review.id
+            return
+        self._say(None)
+        self.app.post_message(AnswerRequested(review.id, accept=True))
+
+    def action_confirm(self) -> None:
+        if self.confirming is not None and self.confirming == self.selected():
+            self.action_accept()
+
+    def action_back(self) -> None:
+        """Escape takes back a confirmation first; with none pending it leaves the queue."""
+        if self.confirming is not None:
+            self._say(None)
+            return
+        self.app.pop_screen()
+
+    def action_type_answer(self) -> None:
+        self.query_one("#answer", Input).focus()
 
     @on(Input.Submitted, "#answer")
     def _typed(self, event: Input.Submitted) -> None:
         review_id = self.selected()
         if review_id is None or not event.value.strip():
             return
-        try:
-            value: Any = json.loads(event.value)
-        except ValueError:
-            value = event.value.strip()  # a bare label
-        event.input.value = ""
-        self.app.post_message(AnswerRequested(review_id, value))
+        self._say(None)
+        self.typed_for = review_id  # kept in the box until the engine takes it, to fix a typo
+        self.app.post_message(AnswerRequested(review_id, event.value))
+
+    def answered(self, message: ReviewAnswered) -> None:
+        """The engine took an answer (the queue refreshes) or refused it (its reason shows here)."""
+        if message.error is not None:
+            self._say(f"review {message.review_id}: {message.error}", error=True)
+            return
+        if message.review_id == self.typed_for:
+            self.query_one("#answer", Input).value = ""
+        self.action_refresh()
 
     def commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("Accept the best answer", "For the selected review", self.action_accept)

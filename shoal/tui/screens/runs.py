@@ -11,7 +11,8 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Static
 
-from shoal.tui.data import STATUSES, run_lines
+from shoal.status import RunStatus
+from shoal.tui.data import STATUSES, one_line
 from shoal.tui.screens.run_detail import RunScreen
 from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
 
@@ -31,7 +32,7 @@ class RunsScreen(ShoalScreen):
 
     def __init__(self, core: Core) -> None:
         super().__init__(core)
-        self.status_filter: str | None = None
+        self.status_filter: RunStatus | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -41,37 +42,41 @@ class RunsScreen(ShoalScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs", DataTable)
-        table.add_columns("run", "workflow", "status", "steps", "escalations", "reviews", "cost", "task")
+        table.add_columns("run", "workflow", "status", "steps", "esc.", "reviews", "cost", "task")
         self.action_refresh()
         self.set_interval(1.0, self.action_refresh)
 
     def action_refresh(self) -> None:
+        bar = self.query_one("#filter-bar", Static)
+        if not self.core.ready:  # the app imports the engine on a thread; the next tick shows the runs
+            bar.update("loading the engine...")
+            return
         table = self.query_one("#runs", DataTable)
         selected = selected_key(table)
         table.clear()
-        for line in run_lines(self.store, self.status_filter):
+        for line in self.core.engine.run_lines(status=self.status_filter):
             table.add_row(
                 *cells(
                     line.id,
                     line.workflow,
                     line.status,
-                    f"{line.steps_done}/{line.steps}",
+                    f"{line.steps_done}/{line.steps_planned}",
                     str(line.escalations),
-                    str(line.reviews) if line.reviews else "",
+                    str(line.reviews_pending) if line.reviews_pending else "",
                     f"${line.cost_usd:.4f}",
-                    line.task,
+                    one_line(line.task, 80),
                 ),
                 key=line.id,
             )
         keep_cursor(table, selected)
         shown = self.status_filter or "all"
-        self.query_one("#filter-bar", Static).update(f"status: {shown}  ({table.row_count} runs)  f: next filter")
+        bar.update(f"status: {shown}  ({table.row_count} runs)  f: next filter, enter: open")
 
     def action_filter(self) -> None:
         position = STATUSES.index(self.status_filter)
         self.show_status(STATUSES[(position + 1) % len(STATUSES)])
 
-    def show_status(self, status: str | None) -> None:
+    def show_status(self, status: RunStatus | None) -> None:
         self.status_filter = status
         self.action_refresh()
 
