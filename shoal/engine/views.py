@@ -321,26 +321,30 @@ class RunLine(RunSummary):
     reviews_pending: int = 0
 
 
-def run_lines(store: Store, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
+def run_lines(db: Store | Path, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
     """The newest runs first (optionally only those with `status`), each with its progress: plan
     steps done out of planned (the planner's own step not counted) and reviews still pending."""
-    pending: dict[str, int] = {}
-    for review in store.reviews(status=ReviewStatus.PENDING):
-        pending[review.run_id] = pending.get(review.run_id, 0) + 1
-    lines = []
-    for run in store.list_runs(status=status, limit=limit):
-        steps = [s for s in store.steps(run.id) if s.step_id != "plan"]
-        plan = json.loads(run.plan_json) if run.plan_json else None
-        planned = len(plan["steps"]) if isinstance(plan, dict) and isinstance(plan.get("steps"), list) else len(steps)
-        lines.append(
-            RunLine(
-                **RunSummary.of(run).model_dump(),
-                steps_done=sum(s.status == StepStatus.DONE for s in steps),
-                steps_planned=planned,
-                reviews_pending=pending.get(run.id, 0),
-            )
-        )
-    return lines
+    where, params = ("WHERE status = ?", [_status(status).value]) if status is not None else ("", [])
+    sql = (
+        f"SELECT {_RUN}, plan_json, "
+        "(SELECT COUNT(*) FROM step WHERE step.run_id = run.id AND step.step_id != 'plan' AND step.status = ?)"
+        " AS steps_done, "
+        "(SELECT COUNT(*) FROM step WHERE step.run_id = run.id AND step.step_id != 'plan') AS steps_seen, "
+        "(SELECT COUNT(*) FROM review WHERE review.run_id = run.id AND review.status = ?) AS reviews_pending "
+        f"FROM run {where} ORDER BY created_at DESC LIMIT ?"
+    )
+    counted = [StepStatus.DONE.value, ReviewStatus.PENDING.value, *params, limit]
+
+    def line(row: dict[str, Any]) -> RunLine:
+        try:
+            plan = json.loads(row.pop("plan_json") or "null")
+        except ValueError:
+            plan = None
+        seen = row.pop("steps_seen")
+        planned = len(plan["steps"]) if isinstance(plan, dict) and isinstance(plan.get("steps"), list) else seen
+        return RunLine.model_validate({**row, "steps_planned": planned})
+
+    return read(db, lambda c: [line(row) for row in _rows(c, sql, counted)])
 
 
 class Turn(BaseModel):

@@ -89,14 +89,11 @@ class ShoalApp(App[None]):
         self.run_worker(self._start_engine(), group="engine")
 
     async def _start_engine(self) -> None:
+        """Import the engine while Runs is on screen, so the other screens open without a wait."""
         try:
             await self.core.start()
         except Exception as exc:  # shown to the operator; the screens say it again when used
             self.post_message(WorkFailed(f"the engine could not start: {exc}", timeout=15))
-            return
-        for screen in self.screen_stack:
-            if isinstance(screen, RunsScreen) and screen.is_mounted:  # else its mount shows the runs
-                screen.action_refresh()
 
     def action_reviews(self) -> None:
         if not isinstance(self.screen, ReviewScreen):

@@ -1,7 +1,9 @@
 """What the TUI's screens act on, with no Textual in it: the settings, the store, and the engine.
 
-The engine is imported off the event loop and built on first use, so opening `shoal tui` paints
-at once and loads no models. Work that outlives a call (a run, a triage batch, the run an answer
+What the screens list (runs, a run's steps and calls, the review queue) comes from the engine's
+read-only views (`shoal.engine.views`), which load without LangGraph. The engine itself is
+imported off the event loop and built on first use, so opening `shoal tui` paints at once and
+loads no models. Work that outlives a call (a run, a triage batch, the run an answer
 resumes) holds the engine through `lease()`: reloading the settings (the Models screen) gives
 work started afterwards a new engine, and closes the old one only once the last work using it
 has finished; closing it earlier cut the checkpointer's connection under a running triage.
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.config import Settings
+from shoal.engine import views
+from shoal.status import RunStatus
 from shoal.store import Store
 
 if TYPE_CHECKING:
@@ -50,11 +54,6 @@ class Core:
         self._users: dict[int, int] = {}  # id(engine) -> work in flight on it
         self._retired: list[Shoal] = []  # replaced engines that work still uses
 
-    @property
-    def ready(self) -> bool:
-        """Whether the engine is built (reading through it then costs no import)."""
-        return self._engine is not None
-
     async def start(self) -> None:
         """Import the engine on a thread (LangGraph and the rest take seconds), then build it."""
         if self._engine is None:
@@ -67,6 +66,23 @@ class Core:
         if self._engine is None:
             self._engine = self._build(self.settings, self.store)
         return self._engine
+
+    # --- what the screens show: the engine's views, read from the file --------------------------
+
+    def run_lines(self, status: RunStatus | None = None) -> list[views.RunLine]:
+        return views.run_lines(self.store, status=status)
+
+    def run_detail(self, run_id: str) -> views.RunDetail:
+        return views.run_detail(self.store, run_id)
+
+    def review_lines(self) -> list[views.ReviewLine]:
+        return views.review_lines(self.store)
+
+    @staticmethod
+    def exchange(call: views.CallLine) -> views.Exchange:
+        return views.exchange(call)
+
+    # --- the engine, for work ----------------------------------------------------------------
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Shoal]:

@@ -38,7 +38,7 @@ class ReviewScreen(ShoalScreen):
 
     def __init__(self, core: Core) -> None:
         super().__init__(core)
-        self.reviews: dict[int, ReviewDetail] = {}
+        self.details: dict[int, ReviewDetail] = {}  # built once per review shown (the engine's reading)
         self.confirming: int | None = None  # the review whose low-confidence accept waits for a/y
         self.typed_for: int | None = None  # the review the answer box's text was sent for
 
@@ -52,7 +52,7 @@ class ReviewScreen(ShoalScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#reviews", DataTable).add_columns("id", "specialist", "conf.", "best answer", "step", "run")
+        self.query_one("#reviews", DataTable).add_columns("id", "specialist", "conf.", "best answer", "ticket / run")
         self.query_one("#question-pane").border_title = "the question (tab here to scroll)"
         self.query_one("#answer-status").display = False
         self.action_refresh()
@@ -61,21 +61,17 @@ class ReviewScreen(ShoalScreen):
     def action_refresh(self) -> None:
         table = self.query_one("#reviews", DataTable)
         selected = selected_key(table)
-        self.reviews = {review.id: review for review in self.core.engine.pending_reviews()}
+        lines = self.core.review_lines()
         table.clear()
-        for review in self.reviews.values():
-            best = "-" if review.best_answer is None else compact(review.best_answer)
+        for line in lines:
+            best = "-" if line.best_answer is None else compact(line.best_answer)
+            where = f"ticket {line.ticket}" if line.ticket else f"run {line.run_id} · {line.step_id}"
             table.add_row(
-                *cells(
-                    str(review.id),
-                    review.specialist,
-                    f"{review.confidence:.2f}",
-                    best[:40],
-                    review.step_id,
-                    review.run_id,
-                ),
-                key=str(review.id),
+                *cells(str(line.id), line.specialist, f"{line.confidence:.2f}", best[:40], where),
+                key=str(line.id),
             )
+        shown = {line.id for line in lines}
+        self.details = {k: v for k, v in self.details.items() if k in shown}
         keep_cursor(table, selected)
         if table.row_count == 0:
             self.query_one("#question", Static).update("no decisions waiting")
@@ -86,14 +82,20 @@ class ReviewScreen(ShoalScreen):
         key = selected_key(self.query_one("#reviews", DataTable))
         return None if key is None else int(key)
 
+    def detail(self, review_id: int) -> ReviewDetail:
+        """The review as the engine reads it: its evidence, answers and what it takes."""
+        if review_id not in self.details:
+            self.details[review_id] = self.core.engine.review_detail(review_id)
+        return self.details[review_id]
+
     @on(DataTable.RowHighlighted, "#reviews")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show(int(str(event.row_key.value)))
 
     def _show(self, review_id: int | None) -> None:
-        review = self.reviews.get(review_id) if review_id is not None else None
-        if review is None:
+        if review_id is None:
             return
+        review = self.detail(review_id)
         if self.confirming != review_id:
             self._say(None)
         self.query_one("#question", Static).update(review_text(review))
@@ -110,9 +112,9 @@ class ReviewScreen(ShoalScreen):
 
     def action_accept(self) -> None:
         review_id = self.selected()
-        review = self.reviews.get(review_id) if review_id is not None else None
-        if review is None:
+        if review_id is None:
             return
+        review = self.detail(review_id)
         if review.best_answer is None:
             self._say("the models gave no usable answer to accept: type one below", error=True)
             return

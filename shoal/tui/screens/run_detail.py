@@ -60,7 +60,7 @@ class RunScreen(ShoalScreen):
         self.action_refresh()
 
     def action_refresh(self) -> None:
-        self.detail = detail = self.core.engine.run_detail(self.run_id)
+        self.detail = detail = self.core.run_detail(self.run_id)
         run = detail.run
         self.query_one("#run-header", Static).update(
             f"run {run.id} · {run.workflow} · {run.status} · {run.model_calls} calls · {run.escalations} escalations"
@@ -104,7 +104,7 @@ class RunScreen(ShoalScreen):
             )
 
     def action_retry(self) -> None:
-        run = self.core.engine.run_detail(self.run_id).run
+        run = self.core.run_detail(self.run_id).run
         if run.status not in RETRYABLE:
             self.notify(
                 f"run {run.id} is {run.status}: only failed or stopped runs are retried",
@@ -123,7 +123,7 @@ class RunScreen(ShoalScreen):
         call = next((c for c in self.detail.calls if c.id == call_id), None) if self.detail else None
         if call is None:
             return
-        reply, prompt = exchange_text(self.core.engine.exchange(call))
+        reply, prompt = exchange_text(self.core.exchange(call))
         self.query_one("#call-reply", Static).update(f"reply ({call.model}, call {call.id}):\n{reply}\n")
         self.query_one("#call-prompt", Static).update(f"prompt:\n{prompt}")
         pane = self.query_one("#detail-pane", VerticalScroll)

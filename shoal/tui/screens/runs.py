@@ -48,13 +48,10 @@ class RunsScreen(ShoalScreen):
 
     def action_refresh(self) -> None:
         bar = self.query_one("#filter-bar", Static)
-        if not self.core.ready:  # the app imports the engine on a thread; the next tick shows the runs
-            bar.update("loading the engine...")
-            return
         table = self.query_one("#runs", DataTable)
         selected = selected_key(table)
         table.clear()
-        for line in self.core.engine.run_lines(status=self.status_filter):
+        for line in self.core.run_lines(self.status_filter):
             table.add_row(
                 *cells(
                     line.id,
