@@ -30,7 +30,9 @@ from shoal.store.tables import Example, Head
 SOURCE_RANK = {"human": 3, "frontier": 2, "file": 1}
 HOLDOUT_BUCKETS = 100
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
+# (phase, done, total): "keep examples", "embed", "fit", "evaluate", "prompt baseline" in turn, so
+# a face can show where a long training is (embedding 10,000 texts takes minutes on a CPU)
+Progress = Callable[[str, int, int], None]
 
 
 class Metrics(BaseModel):
@@ -174,11 +176,14 @@ async def train_head(
     """
     if not 0.0 < holdout < 1.0:
         raise HeadError(f"holdout must be between 0 and 1 (got {holdout})")
+    say = progress or (lambda what, done, total: None)
     if files:
         check_labels(classifier, files, "the training data")
+        say("keep examples", 0, len(files))
         store.add_examples(
             [{"specialist": key, "text": r.text, "label": r.label, "source": "file"} for r in files if r.text.strip()]
         )
+        say("keep examples", len(files), len(files))
     stored = examples_from_rows(store.examples(key))
     if not stored:
         raise HeadError(
@@ -189,10 +194,11 @@ async def train_head(
     train, held = split(stored, share=holdout, min_per_label=min_per_label)
 
     texts = [r.text for r in train] + [r.text for r in held]
-    report_progress = (lambda done, total: progress("embed", done, total)) if progress else None
     sent_before, seconds_before = embedder.sent, embedder.seconds
-    vectors = await embedder.embed(texts, progress=report_progress)
+    say("embed", 0, len(texts))  # before the cache lookup, which takes a while on its own
+    vectors = await embedder.embed(texts, progress=lambda done, total: say("embed", done, total))
     train_x, held_x = vectors[: len(train)], vectors[len(train) :]
+    say("fit", 0, 1)
     head = TrainedHead.fit(
         train_x,
         [r.label for r in train],
@@ -201,7 +207,9 @@ async def train_head(
         min_per_label=min_per_label,
     )
 
+    say("fit", 1, 1)
     gold = [Labelled(text=r.text, label=r.label) for r in held]
+    say("evaluate", 0, len(held))
     if held:
         after = measure("new head", classifier, gold, [(p.label, p.probability) for p in head.predict(held_x)])
     else:
@@ -215,6 +223,7 @@ async def train_head(
             escalated=0.0,
             threshold=classifier.threshold,
         )
+    say("evaluate", len(held), len(held))
     before = await _current(classifier, gold, held_x, baseline=baseline, progress=progress) if held else None
 
     ok, reason = not_worse(after, before)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -252,6 +252,15 @@ def question_text(question: dict[str, Any]) -> str:
     return text if isinstance(text, str) else json.dumps(data, ensure_ascii=False)
 
 
+def distinct_reasons(reasons: Iterable[str]) -> list[str]:
+    """Each reason once. The ladder records a reason per rung and each repeats what came before
+    ("confidence 0.40 below threshold 0.70; frontier skipped: no key", then "confidence 0.40 below
+    threshold 0.70; no key"): split at "; ", keep the first of equal parts and drop a part that
+    another part contains."""
+    parts = list(dict.fromkeys(part.strip() for reason in reasons for part in str(reason).split("; ") if part.strip()))
+    return [part for part in parts if not any(part != other and part in other for other in parts)]
+
+
 def review_lines(db: Store | Path) -> list[ReviewLine]:
     """The reviews waiting for a person, oldest first, each with its ticket's id when it has one."""
     sql = (
@@ -269,10 +278,17 @@ def review_lines(db: Store | Path) -> list[ReviewLine]:
             text=question_text(question),
             confidence=float(question.get("confidence") or 0.0),
             best_answer=best if isinstance(best, dict) else None,
-            reasons=list(dict.fromkeys(str(r) for r in question.get("reasons") or [])),
+            reasons=distinct_reasons(question.get("reasons") or []),
         )
 
     return read(db, lambda c: [line(row) for row in _rows(c, sql, [ReviewStatus.PENDING.value])])
+
+
+def ticket_of_run(db: Store | Path, run_id: str) -> str | None:
+    """The id (in its export) of the ticket a run triaged; None for a task run."""
+    sql = "SELECT key FROM ticket WHERE run_id = ? LIMIT 1"
+    found = read(db, lambda c: c.execute(sql, [run_id]).fetchone())
+    return None if found is None else str(found[0])
 
 
 def head_summaries(db: Store | Path) -> list[HeadSummary]:

@@ -1,0 +1,67 @@
+"""The `shoal` command: Typer parses, the engine (or, for commands that only read, the
+database views) does the work, Rich lays it out.
+
+One module per group of commands:
+
+- `reading`: `runs`, `show`, `heads` and the review list; no engine, no LangGraph (quick start)
+- `reviewing`: `review` (list, show one, answer)
+- `working`: `ask`, `run`, `resume`, `triage`, `tui`
+- `learning`: `eval`, `train`
+- `backends`: `models`, `models pull`
+- `common`: consoles, checks on what was typed, cutting, progress for a terminal or a pipe
+
+Help is plain text (`rich_markup_mode=None`): Typer's Rich help loads Markdown and syntax
+highlighting, which tripled the time `shoal --help` took. A `ShoalError` ends a command with one
+line and its exit code (2 for input mistakes, 1 otherwise); anything else is a bug and shows its
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.text import Text
+
+from shoal.cli import backends, learning, reading, reviewing, working
+from shoal.cli.common import err
+from shoal.cli.working import fields_model
+from shoal.errors import ShoalError
+
+app = typer.Typer(
+    name="shoal",
+    help="A graph of small specialist models that knows when to ask a bigger one.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+for command in (working.ask, working.run, working.resume, reading.runs, reading.show, reviewing.review):
+    app.command()(command)
+app.command()(working.triage)
+app.command()(working.tui)
+app.command("eval")(learning.eval_)
+app.command()(learning.train)
+app.command()(reading.heads)
+app.add_typer(backends.models_app, name="models")
+
+
+def print_error(exc: ShoalError) -> None:
+    """The message as it was written (a Text is not read as markup, so `[openai]` stays), on one
+    line however narrow the terminal or pipe: soft wrap lets the terminal fold it, not Rich."""
+    err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
+
+
+def main() -> None:
+    """The `shoal` command. A `ShoalError` is a mistake or a failure worded for whoever runs it:
+    one line and its exit code. Anything else is a bug in shoal, and shows its traceback."""
+    try:
+        app()
+    except ShoalError as exc:
+        print_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "fields_model", "main"]
