@@ -136,6 +136,14 @@ class Settings(_Section):
         chosen = self.specialists.get(specialist, SpecialistSettings()).embed_model
         return ModelRef.parse(chosen) if chosen else self.model_for(specialist)
 
+    def resolve(self, path: Path) -> Path:
+        """A path from the file, relative to the file's folder (so `--config examples/shoal.toml`
+        finds `examples/heads/...` from anywhere); from defaults, relative to the working folder."""
+        path = path.expanduser()
+        if path.is_absolute() or self.source is None:
+            return path
+        return self.source.parent / path
+
     def max_tokens_for(self, specialist: str) -> int | None:
         """The configured `max_tokens`, or None for the specialist's own default."""
         return self.specialists.get(specialist, SpecialistSettings()).max_tokens

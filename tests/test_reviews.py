@@ -47,7 +47,7 @@ REFUSED = [
     ("extractor", "order 70012345", ["extractor takes a JSON object with the fields names, ids", "not plain text"]),
     ("summary", '{"summary": 3}', ["does not fit summary (summary: Input should be a valid string)", "plain text"]),
     ("summary", '{"key_points": []}', ["summary: Field required", "its summary"]),
-    ("reply", "x" * 300, ["reply: String should have at most 240 characters"]),
+    ("reply", "x" * 2100, ["reply: String should have at most 2000 characters"]),
     ("classifier", "{label: REFUND}", ["not valid JSON", "one of its labels"]),
     ("classifier", "   ", ["the answer is empty", "REFUND"]),
     (

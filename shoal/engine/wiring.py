@@ -27,8 +27,11 @@ from shoal.specialists.classifier import Classifier
 from shoal.specialists.coder import Coder
 from shoal.specialists.extractor import Extractor
 from shoal.specialists.summarizer import Summarizer
+from shoal.status import AnsweredBy
 from shoal.store.db import BUSY_TIMEOUT_MS, Store, StoreLedger
+from shoal.tickets.knowledge import BUILT_IN, KnowledgeBase, KnowledgeItem, load_knowledge, reviewed_item
 from shoal.tickets.plan import ticket_specialists
+from shoal.tickets.reply import ReplyDrafter
 from shoal.tickets.triage import WORKFLOW as TICKETS
 
 if TYPE_CHECKING:
@@ -114,8 +117,32 @@ class Wiring:
 
     def ticket_specialists(self) -> Specialists:
         if self._tickets is None:
-            self._tickets = configured(ticket_specialists(self.router, self.settings), self.settings)
+            chosen = configured(ticket_specialists(self.router, self.settings), self.settings)
+            for specialist in chosen.values():
+                if isinstance(specialist, ReplyDrafter):
+                    self._give_knowledge(specialist)
+            self._tickets = chosen
         return self._tickets
+
+    def _give_knowledge(self, drafter: ReplyDrafter) -> None:
+        """The configured knowledge plus every reply a person approved in review, and a way to
+        pick up the ones approved later (in this process or another)."""
+        chosen = self.settings.tickets.knowledge
+        path = BUILT_IN if chosen.path is None else self.settings.resolve(chosen.path)
+        items = load_knowledge(path)
+        seen = 0
+
+        def reviewed() -> list[KnowledgeItem]:
+            nonlocal seen
+            rows = self.store.examples_since(drafter.name, seen, source=AnsweredBy.HUMAN)
+            if rows:
+                seen = max(row.id or 0 for row in rows)
+            return [item for row in rows if (item := reviewed_item(row.text, row.label, row.id or 0)) is not None]
+
+        base = KnowledgeBase(items, where=str(path))
+        for item in reviewed():
+            base.add(item)
+        drafter.use_knowledge(base, self.heads.embedder(drafter.name), reviewed)
 
     def workflow_specialists(self, workflow: str) -> Specialists:
         return self.ticket_specialists() if workflow == TICKETS else self.specialists

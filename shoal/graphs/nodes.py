@@ -28,6 +28,15 @@ from shoal.store.tables import Review
 def build_input(
     specialist: Specialist[Any, Any], step: PlanStep, task: str, upstream: dict[str, StepOutcome]
 ) -> BaseModel:
+    fields = specialist.input_type.model_fields
+    if "upstream" in fields and "text" in fields:
+        # a specialist that reads earlier answers as data gets them so, not as text
+        given = {
+            name: {"output": o["output"], "confidence": o["confidence"], "answered_by": o["answered_by"]}
+            for name, o in upstream_outcomes(step, upstream).items()
+        }
+        structured: BaseModel = specialist.input_type.model_validate({"text": task, "upstream": given})
+        return structured
     parts = []
     for name in step.inputs:
         if name == TASK:
@@ -36,7 +45,6 @@ def build_input(
             source = upstream[name]
             parts.append(f"[{name}, {source['specialist']}]\n{source['text']}")
     text = "\n\n".join(parts)
-    fields = specialist.input_type.model_fields
     if "text" in fields:
         data: dict[str, Any] = {"text": text}
         if "instruction" in fields:
@@ -50,6 +58,10 @@ def build_input(
         f"specialist {specialist.name} takes {specialist.input_type.__name__}, which a plan step cannot "
         "fill from text; give it a 'text' or 'task' field, or run it outside the planner"
     )
+
+
+def upstream_outcomes(step: PlanStep, upstream: dict[str, StepOutcome]) -> dict[str, StepOutcome]:
+    return {name: upstream[name] for name in step.inputs if name != TASK}
 
 
 def ask(review: Review, run_id: str, step_id: str) -> Any:

@@ -501,6 +501,15 @@ class Store:
                 session.exec(select(Example).where(Example.specialist == specialist).order_by(col(Example.id))).all()
             )
 
+    def examples_since(self, specialist: str, after_id: int, *, source: str | None = None) -> list[Example]:
+        """`specialist`'s examples kept after `after_id` (from `source` only, if given): what a
+        long-lived reader has not seen yet, without reading the whole table again."""
+        query = select(Example).where(Example.specialist == specialist, col(Example.id) > after_id)
+        if source is not None:
+            query = query.where(Example.source == source)
+        with self.session() as session:
+            return list(session.exec(query.order_by(col(Example.id))).all())
+
     def example_counts(self) -> dict[str, dict[str, int]]:
         """specialist -> source -> number of examples."""
         counts: dict[str, dict[str, int]] = {}

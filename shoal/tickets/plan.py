@@ -24,9 +24,13 @@ TICKET_PLAN: dict[str, Any] = {
         {"id": "priority", "specialist": "priority", "instruction": "how urgent it is", "inputs": ["task"]},
         {"id": "entities", "specialist": "entities", "instruction": "ids, names, amounts", "inputs": ["task"]},
         {"id": "summary", "specialist": "summary", "instruction": "one line for the agent", "inputs": ["task"]},
-        # from the ticket alone, so all six fields run side by side and a doubtful category
-        # does not hold the draft back
-        {"id": "reply", "specialist": "reply", "instruction": "first reply to the customer", "inputs": ["task"]},
+        # a reply is chosen by the ticket's intent and filled from its entities, so it waits for both
+        {
+            "id": "reply",
+            "specialist": "reply",
+            "instruction": "first reply to the customer",
+            "inputs": ["task", "intent", "entities"],
+        },
     ]
 }
 FIELDS = [step["id"] for step in TICKET_PLAN["steps"]]
@@ -93,7 +97,13 @@ def ticket_specialists(router: ModelRouter, settings: Settings) -> dict[str, Spe
             name="summary",
         ),
         "reply": ReplyDrafter(
-            router, model("reply"), company=t.company, threshold=threshold("reply", ReplyDrafter.default_threshold)
+            router,
+            model("reply"),
+            company=t.company,
+            facts=t.knowledge.facts,
+            placeholders=t.knowledge.placeholders,
+            topic_step=t.knowledge.topic_step,
+            threshold=threshold("reply", ReplyDrafter.default_threshold),
         ),
     }
 

@@ -6,6 +6,8 @@ Kept free of shoal's other modules: `shoal.config` reads this section, and every
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -73,6 +75,27 @@ DEFAULT_ROUTES = [
 ]
 
 
+class KnowledgeSettings(_Section):
+    """`[tickets.knowledge]`: what replies are drafted from (see `shoal.tickets.knowledge`)."""
+
+    path: Path | None = Field(
+        default=None, description="a .jsonl or .csv file or a folder of .md files; relative to shoal.toml"
+    )
+    topic_step: str = Field(default="intent", description="the ticket field whose label picks the items")
+    # company facts that fill placeholders: "Customer Support Phone Number" = "+1 555 0100"
+    facts: dict[str, str] = Field(default_factory=dict)
+    # placeholder -> entity field whose value fills it
+    placeholders: dict[str, str] = Field(
+        default_factory=lambda: {
+            "Order Number": "order_id",
+            "Invoice Number": "invoice_id",
+            "Account Type": "account_type",
+            "Customer Name": "person_name",
+            "Email": "email",
+        }
+    )
+
+
 class TicketSettings(_Section):
     """The support-ticket workflow (`shoal triage`); the shipped taxonomy is Bitext's."""
 
@@ -85,6 +108,7 @@ class TicketSettings(_Section):
     review_queue: str = "needs-review"
     max_chars: int = Field(default=20_000, ge=1, description="longer ticket bodies are rejected, not cut")
     company: str = Field(default="our company", description="who the drafted replies speak for")
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     outage_wait_s: float = Field(
         default=120.0,
         ge=0.0,

@@ -1,0 +1,180 @@
+"""Build what `examples/` ships, from the repository's Bitext data (data/, CDLA-Sharing 1.0).
+
+    uv run python examples/build.py            # knowledge bases only (seconds)
+    uv run python examples/build.py --heads    # and the category and intent heads (minutes)
+
+Writes:
+
+- `shoal/tickets/replies.jsonl`: the built-in knowledge base (one reply per Bitext intent, with
+  only the placeholders the default settings fill from entities, and ten customer messages each), used when `[tickets.knowledge] path` is unset;
+- `examples/knowledge/replies.jsonl`: the example knowledge base (up to five replies per intent,
+  each with the customer message it answered), whose placeholders `examples/shoal.toml` fills;
+- `examples/heads/category.npz`, `examples/heads/intent.npz`: trained heads on
+  embedded:smollm2-135m, which `examples/shoal.toml` points at.
+
+Nothing here is fitted on a row of `examples/tickets.csv` or on the held-out share of Bitext that
+`benchmarks/tickets.py` measures on (`held_out`: 15% of rows, chosen by a hash of the text, so the
+split never changes when the data is re-read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import re
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "bitext_customer_support.csv"
+TICKETS = ROOT / "examples" / "tickets.csv"
+BUILT_IN = ROOT / "shoal" / "tickets" / "replies.jsonl"
+KNOWLEDGE = ROOT / "examples" / "knowledge" / "replies.jsonl"
+HEADS = ROOT / "examples" / "heads"
+EMBED_MODEL = "embedded:smollm2-135m"
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+
+
+def held_out(text: str) -> bool:
+    """The benchmark's share of Bitext: 15% of rows by a hash of the customer's text."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % 100 < 15
+
+
+def bitext() -> list[dict[str, str]]:
+    with DATA.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def training_rows() -> list[dict[str, str]]:
+    """Rows that may be fitted on: not held out, and not one of the example tickets."""
+    with TICKETS.open(encoding="utf-8", newline="") as handle:
+        shown = {row["instruction"] for row in csv.DictReader(handle)}
+    return [r for r in bitext() if not held_out(r["instruction"]) and r["instruction"] not in shown]
+
+
+# an entity the customer gave, written into Bitext's reply, becomes the placeholder that
+# `[tickets.knowledge.placeholders]` fills from the ticket's own entities
+ENTITY_PLACEHOLDERS = {
+    "order_id": "Order Number",
+    "invoice_id": "Invoice Number",
+    "account_type": "Account Type",
+    "person_name": "Customer Name",
+}
+
+
+def template(row: dict[str, str]) -> str:
+    """The row's reply with the customer's own values turned back into placeholders."""
+    text = row["response"].strip()
+    name = ENTITY_PLACEHOLDERS.get(row["entity_type"])
+    if name and row["entity_value"]:
+        value = re.escape(row["entity_value"])
+        text = re.sub(rf"(?<![\w-]){value}(?![\w-])", "{{" + name + "}}", text)
+    return text
+
+
+def fillable(response: str, known: set[str]) -> bool:
+    """Every placeholder known, and no number of three digits or more left: another customer's
+    order number in a reply is worse than no reply."""
+    return all(name in known for name in PLACEHOLDER.findall(response)) and not re.search(r"\d{3}", response)
+
+
+def knowledge(rows: list[dict[str, str]], known: set[str], per_intent: int, examples: int) -> list[dict[str, object]]:
+    """Per intent, the shortest replies whose placeholders are all `known` (under 1,500
+    characters), each with the message it answered and, for one item per intent, more."""
+    by_intent: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_intent[row["intent"]].append(row)
+    items: list[dict[str, object]] = []
+    for intent, group in sorted(by_intent.items()):
+        usable = sorted(
+            (r for r in group if fillable(template(r), known) and len(r["response"]) < 1500),
+            key=lambda r: len(r["response"]),
+        )
+        if not usable:
+            raise SystemExit(f"no reply for {intent} has only known placeholders: add facts to examples/shoal.toml")
+        seen: set[str] = set()
+        for row in usable[:per_intent]:
+            reply = template(row)
+            if reply in seen:
+                continue
+            seen.add(reply)
+            others = [r["instruction"] for r in group if r is not row][: examples - 1]
+            items.append(
+                {
+                    "id": f"bitext:{intent}:{len(seen)}",
+                    "topic": intent,
+                    "reply": reply,
+                    "examples": [row["instruction"], *(others if per_intent == 1 else [])],
+                }
+            )
+    return items
+
+
+def write_jsonl(path: Path, items: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}: {len(items)} items")
+
+
+def example_facts() -> set[str]:
+    sys.path.insert(0, str(ROOT))
+    from shoal.config import Settings
+
+    settings = Settings.load(ROOT / "examples" / "shoal.toml", env={})
+    chosen = settings.tickets.knowledge
+    return set(chosen.facts) | set(chosen.placeholders) | {"Company Name"}
+
+
+async def train_heads(rows: list[dict[str, str]], per_label: int) -> None:
+    """Category and intent heads on `per_label` rows per label, exported as files."""
+    from shoal.config import Settings
+    from shoal.engine import Shoal
+    from shoal.evaluation import Labelled
+
+    HEADS.mkdir(parents=True, exist_ok=True)
+    db = Path(tempfile.mkdtemp(prefix="shoal-build-")) / "shoal.db"
+    settings = Settings.load(env={"SHOAL_DB": str(db)})
+    settings.specialists = {}
+    async with Shoal(settings) as shoal:
+        for name in ("category", "intent"):
+            counts: dict[str, int] = defaultdict(int)
+            chosen = []
+            for row in rows:
+                if counts[row[name]] < per_label:
+                    counts[row[name]] += 1
+                    chosen.append(Labelled(text=row["instruction"], label=row[name]))
+            report = await shoal.train(name, files=chosen, baseline=0, force=True)
+            head = shoal.store.active_head(name)
+            assert head is not None and head.blob is not None
+            (HEADS / f"{name}.npz").write_bytes(head.blob)
+            print(
+                f"wrote examples/heads/{name}.npz: {report.n_train} examples, held-out accuracy "
+                f"{report.after.accuracy:.3f}, ECE {report.after.ece:.3f}"
+            )
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", action="store_true", help="also train the category and intent heads")
+    parser.add_argument("--per-label", type=int, default=60, help="training rows per label for the heads")
+    args = parser.parse_args()
+    rows = training_rows()
+    from shoal.tickets.settings import KnowledgeSettings
+
+    defaults = set(KnowledgeSettings().placeholders) | {"Company Name"}  # what a config without facts fills
+    write_jsonl(BUILT_IN, knowledge(rows, defaults, per_intent=1, examples=10))
+    write_jsonl(KNOWLEDGE, knowledge(rows, example_facts(), per_intent=5, examples=1))
+    if args.heads:
+        asyncio.run(train_heads(rows, args.per_label))
+
+
+if __name__ == "__main__":
+    main()
