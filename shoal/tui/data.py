@@ -61,7 +61,8 @@ def review_text(review: ReviewDetail) -> str:
         low = f" (below {CONFIRM_BELOW:.2f}: a asks to confirm)" if needs_confirming(review) else ""
         accept = f"a accepts: {compact(review.best_answer)}   confidence {review.confidence:.2f}{low}"
     lines = [accept, f"{review.specialist} · step {review.step_id} · run {review.run_id} · review {review.id}"]
-    if review.small_answer is not None and review.small_answer != review.best_answer:
+    best = None if review.best_answer is None else compact(review.best_answer)
+    if review.small_answer is not None and compact(review.small_answer) != best:
         lines.append(f"small model's answer: {compact(review.small_answer)}")
     lines += ["", f"evidence ({review.small_model or 'no model'}):"]
     lines += [f"  {line}" for line in evidence_lines(review.evidence)] or ["  (none)"]

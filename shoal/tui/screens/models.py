@@ -87,6 +87,8 @@ class ModelsScreen(ShoalScreen):
         self.query_one("#edit-box").display = False
         self.query_one("#pull", Input).display = False
         self.query_one("#pull-progress", ProgressBar).display = False
+        self.query_one("#pull-status", Static).display = False
+        self.query_one("#specialists", DataTable).focus()  # what an operator comes here to change
         self.action_refresh()
 
     def action_refresh(self) -> None:
@@ -162,12 +164,14 @@ class ModelsScreen(ShoalScreen):
         self.editing = name
         follows = "" if self._model_set(name) else " (default_model)"
         self.query_one("#edit-label", Static).update(
-            f"edit {name}: model {setup.model}{follows}, threshold {setup.threshold:.2f}. Type a threshold, "
-            f"a model, or both; enter saves to {self._config_path()}, escape closes."
+            f"{name} answers with {setup.model}{follows} at threshold {setup.threshold:.2f}. "
+            "Type a new threshold, a model, or both (enter saves, escape closes)."
         )
         box = self.query_one("#edit-box")
         box.border_title = f"edit {name}"
+        box.border_subtitle = str(self._config_path())
         box.display = True
+        self.add_class("editing")
         edit = self.query_one("#edit", Input)
         edit.value = ""
         edit.focus()
@@ -178,6 +182,7 @@ class ModelsScreen(ShoalScreen):
         for box in (self.query_one("#edit-box"), self.query_one("#pull", Input)):
             closed = closed or bool(box.display)
             box.display = False
+        self.remove_class("editing")
         if closed:
             self.editing = None
             self.query_one("#specialists", DataTable).focus()
@@ -211,6 +216,7 @@ class ModelsScreen(ShoalScreen):
 
     @on(PullProgressed)
     def _pull_progressed(self, message: PullProgressed) -> None:
+        self.query_one("#pull-status", Static).display = True
         if message.total:
             self.query_one("#pull-progress", ProgressBar).update(total=message.total, progress=message.completed or 0)
         self.query_one("#pull-status", Static).update(f"pull {message.model}: {message.status}")
@@ -218,6 +224,7 @@ class ModelsScreen(ShoalScreen):
     @on(PullFinished)
     def _pull_finished(self, message: PullFinished) -> None:
         status = self.query_one("#pull-status", Static)
+        status.display = True
         if message.error is not None:
             status.update(f"pull {message.model} failed: {message.error}")
             return
@@ -241,6 +248,7 @@ class ModelsScreen(ShoalScreen):
             self.notify(str(exc), severity="error", markup=False)
             return
         self.query_one("#edit-box").display = False
+        self.remove_class("editing")
         self.editing = None
         changed = ", ".join(
             part for part in (model, None if threshold is None else f"threshold {threshold:.2f}") if part

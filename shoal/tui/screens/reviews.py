@@ -52,7 +52,7 @@ class ReviewScreen(ShoalScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#reviews", DataTable).add_columns("id", "specialist", "conf.", "best answer", "ticket / run")
+        self.query_one("#reviews", DataTable).add_columns("id", "specialist", "conf.", "ticket / run", "best answer")
         self.query_one("#question-pane").border_title = "the question (tab here to scroll)"
         self.query_one("#answer-status").display = False
         self.action_refresh()
@@ -65,9 +65,9 @@ class ReviewScreen(ShoalScreen):
         table.clear()
         for line in lines:
             best = "-" if line.best_answer is None else compact(line.best_answer)
-            where = f"ticket {line.ticket}" if line.ticket else f"run {line.run_id} · {line.step_id}"
+            where = f"ticket {line.ticket}" if line.ticket else f"run {line.run_id}"
             table.add_row(
-                *cells(str(line.id), line.specialist, f"{line.confidence:.2f}", best[:40], where),
+                *cells(str(line.id), line.specialist, f"{line.confidence:.2f}", where, best[:60]),
                 key=str(line.id),
             )
         shown = {line.id for line in lines}
