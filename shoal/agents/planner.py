@@ -15,9 +15,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from shoal.agents.memory import PlanMemory, Recall
 from shoal.errors import PlanError
-from shoal.models.base import Message, Reply
-from shoal.specialists.base import Judgement, Signal, Specialist
+from shoal.models.base import Message, ModelRef, Reply
+from shoal.specialists.base import Judgement, Result, Signal, Specialist
 from shoal.specialists.tokens import TokenText, label_distribution
 
 TASK = "task"  # the input name that means "the task text itself"
@@ -110,6 +111,22 @@ class TaskInput(BaseModel):
     task: str
 
 
+def _memory_signal(recalled: Recall | str) -> Signal:
+    if isinstance(recalled, str):
+        return Signal(name="plan_memory", value=0.0, detail=recalled)
+    return Signal(
+        name="plan_memory",
+        value=recalled.probability,
+        detail=f"nearest approved task {_short(recalled.approved.task)!r} ({recalled.approved.source}), "
+        f"similarity {recalled.similarity:.2f}, p(same kind)={recalled.probability:.2f} "
+        f"(curve fitted on {recalled.curve.fitted_on})",
+    )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 DESCRIPTIONS = {
     "classifier": "assigns a category label to text",
     "extractor": "pulls fields (ids, names, emails, amounts) out of text",
@@ -148,9 +165,60 @@ class Planner(Specialist[TaskInput, Plan]):
             inputs=(list[str], Field(max_length=4)),
         )
         self._response = create_model("PlanReply", steps=(list[step], Field(min_length=1, max_length=max_steps)))
+        self.memory: PlanMemory | None = None
+
+    def use_memory(self, memory: PlanMemory) -> None:
+        """Reuse approved plans for tasks like theirs; prompt only for tasks unlike any."""
+        self.memory = memory
+
+    @property
+    def resamplable(self) -> bool:
+        return self.memory is None
+
+    async def run(
+        self,
+        data: TaskInput | dict[str, Any],
+        *,
+        model: ModelRef | str | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Result[Plan]:
+        """The plan approved for the nearest like task when there is one (more likely than not
+        of the same kind); otherwise the prompted plan, with what the memory found as evidence.
+        The frontier (`model=`) always plans from the prompt."""
+        item = data if isinstance(data, TaskInput) else TaskInput.model_validate(data)
+        if model is not None or self.memory is None:
+            return await super().run(item, model=model, temperature=temperature, seed=seed)
+        recalled = await self.memory.recall(item.task)
+        if isinstance(recalled, Recall) and recalled.probability >= 0.5:
+            reused = self._reuse(recalled)
+            if reused is not None:
+                return reused
+        prompted = await super().run(item, temperature=temperature, seed=seed)
+        if recalled is not None:
+            prompted.evidence.append(_memory_signal(recalled))
+        return prompted
+
+    def _reuse(self, recalled: Recall) -> Result[Plan] | None:
+        plan = Plan.model_validate(recalled.approved.plan)
+        if plan.problems(list(self.specialists), self.max_steps):
+            return None  # approved under other specialists: no longer runnable here
+        return Result[Plan](
+            specialist=self.name,
+            model=f"{self.memory.embedder.model}+plan-memory" if self.memory else str(self.model),
+            output=plan,
+            confidence=recalled.probability,
+            evidence=[_memory_signal(recalled)],
+        )
 
     def response_type(self) -> type[BaseModel]:
         return self._response
+
+    def labelled_example(self, data: TaskInput, output: Plan) -> tuple[str, str] | None:
+        """An approved plan (a person's, the frontier's) is remembered with its task."""
+        if output.problems(list(self.specialists), self.max_steps):
+            return None
+        return data.task, output.model_dump_json()
 
     def messages(self, data: TaskInput) -> list[Message]:
         listing = "\n".join(f"- {name}: {about}" for name, about in self.specialists.items())

@@ -66,6 +66,9 @@ class RunDriver:
         run_id = uuid.uuid4().hex[:12]
         plan_json = None if chosen is None else chosen.model_dump_json()
         await self.store.offload(self.store.create_run, run_id, text, plan_json=plan_json)
+        if plan_json is not None:  # a plan someone wrote for this task: the planner remembers it
+            given = {"specialist": "planner", "text": text, "label": plan_json, "source": "file", "run_id": run_id}
+            await self.store.offload(self.store.add_examples, [given])
         state = {"run_id": run_id, "task": text, "plan": None if chosen is None else chosen.model_dump()}
         if on_start is not None:
             on_start(run_id)

@@ -8,7 +8,9 @@ Built once per engine; a run only reads it, through the `TaskRuntime` its graph'
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field
 
 from shoal.agents.escalation import Budget, LadderConfig
+from shoal.agents.memory import Approved, PlanMemory
 from shoal.agents.planner import DESCRIPTIONS, Planner
 from shoal.config import Settings
 from shoal.engine.heads import HeadDesk
@@ -105,6 +108,7 @@ class Wiring:
         )
         self.planner.max_tokens = settings.max_tokens_for("planner") or self.planner.max_tokens
         self.heads = HeadDesk(settings, router, store, lambda: {**self.specialists, **self.ticket_specialists()})
+        self.planner.use_memory(PlanMemory(self.heads.embedder(self.planner.name), self._approved_plans()))
         # runs started by this process whose steps have no rows yet (nothing to look up)
         self.fresh: set[str] = set()
         self._budgets: dict[str, Budget] = {}
@@ -123,6 +127,25 @@ class Wiring:
                     self._give_knowledge(specialist)
             self._tickets = chosen
         return self._tickets
+
+    def _approved_plans(self) -> Callable[[], list[Approved]]:
+        """A reader of the plans approved since it last read (from any process)."""
+        seen = 0
+
+        def approved() -> list[Approved]:
+            nonlocal seen
+            rows = self.store.examples_since(self.planner.name, seen)
+            if rows:
+                seen = max(row.id or 0 for row in rows)
+            found = []
+            for row in rows:
+                try:
+                    found.append(Approved(task=row.text, plan=json.loads(row.label), source=row.source))
+                except ValueError:  # not a plan: nothing to reuse
+                    continue
+            return found
+
+        return approved
 
     def _give_knowledge(self, drafter: ReplyDrafter) -> None:
         """The configured knowledge plus every reply a person approved in review, and a way to
