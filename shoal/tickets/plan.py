@@ -15,13 +15,15 @@ from pydantic import BaseModel, Field, create_model
 from shoal.config import Settings
 from shoal.models import ModelRouter
 from shoal.specialists import Classifier, Extractor, Specialist, Summarizer
+from shoal.tickets.priority import PriorityClassifier
 from shoal.tickets.reply import ReplyDrafter
 
 TICKET_PLAN: dict[str, Any] = {
     "steps": [
         {"id": "category", "specialist": "category", "instruction": "the ticket's category", "inputs": ["task"]},
         {"id": "intent", "specialist": "intent", "instruction": "what the customer wants", "inputs": ["task"]},
-        {"id": "priority", "specialist": "priority", "instruction": "how urgent it is", "inputs": ["task"]},
+        # the team's priority rules go by intent
+        {"id": "priority", "specialist": "priority", "instruction": "how urgent it is", "inputs": ["task", "intent"]},
         {"id": "entities", "specialist": "entities", "instruction": "ids, names, amounts", "inputs": ["task"]},
         {"id": "summary", "specialist": "summary", "instruction": "one line for the agent", "inputs": ["task"]},
         # a reply is chosen by the ticket's intent and filled from its entities, so it waits for both
@@ -71,13 +73,15 @@ def ticket_specialists(router: ModelRouter, settings: Settings) -> dict[str, Spe
             threshold=threshold("intent", Classifier.default_threshold),
             name="intent",
         ),
-        "priority": Classifier(
+        "priority": PriorityClassifier(
             router,
             model("priority"),
             t.priorities,
             instruction="Classify how urgently the ticket needs an answer.",
             threshold=threshold("priority", Classifier.default_threshold),
             name="priority",
+            rules=t.priority_by_intent,
+            topic_step=t.knowledge.topic_step,
         ),
         "entities": Extractor(
             router,

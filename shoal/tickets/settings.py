@@ -109,6 +109,8 @@ class TicketSettings(_Section):
     max_chars: int = Field(default=20_000, ge=1, description="longer ticket bodies are rejected, not cut")
     company: str = Field(default="our company", description="who the drafted replies speak for")
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    # intent -> priority: the team's rules come before any model (see shoal/tickets/priority.py)
+    priority_by_intent: dict[str, str] = Field(default_factory=dict)
     outage_wait_s: float = Field(
         default=120.0,
         ge=0.0,
