@@ -68,6 +68,9 @@ class TrainReport(BaseModel):
     reason: str
     version: int
     temperature: float
+    fields: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="span heads: held-out metrics per field (labels are fields)"
+    )
 
 
 def examples_from_rows(rows: Sequence[Example]) -> list[Example]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -132,7 +132,9 @@ def print_eval(evaluation: Evaluation, data: Path) -> None:
 
 
 def train(
-    specialist: Annotated[str, typer.Argument(help="The classifier to train, e.g. category, intent, classifier.")],
+    specialist: Annotated[
+        str, typer.Argument(help="The classifier or extractor to train, e.g. category, intent, entities.")
+    ],
     data: Annotated[
         list[Path] | None,
         typer.Option(
@@ -161,11 +163,13 @@ def train(
     import asyncio
 
     from shoal.evaluation import training_rows
+    from shoal.span_training import span_rows
+    from shoal.specialists.extractor import Extractor, text_fields
 
     for path in data or []:
         input_file(path, "training data", LABELLED + ", or leave --data out to train on what the store keeps")
     shoal = engine(config)
-    shoal.trainable(specialist)
+    learner = shoal.learner(specialist)
     if activate is not None:
         shoal.activate_head(specialist, activate)
         console.print(literal(f"{specialist}: head v{activate} is active"))
@@ -175,7 +179,12 @@ def train(
         rows = [
             row
             for path in data or []
-            for row in training_rows(path, text_column=text, label_column=label, split=split, per_label=per_label)
+            for row in (
+                # an extractor learns spans: field -> value per text (Bitext's entity_type/entity_value/offsets)
+                span_rows(path, text_fields(learner.output_type), text_column=text)
+                if isinstance(learner, Extractor)
+                else training_rows(path, text_column=text, label_column=label, split=split, per_label=per_label)
+            )
         ]
         work = shoal.train(
             specialist,
@@ -229,7 +238,33 @@ def print_training(result: TrainReport) -> None:
             "-" if metrics.accepted_accuracy is None else f"{metrics.accepted_accuracy:.1%}",
         )
     console.print(table)
+    if result.fields:  # a span head: how each field does on its own
+        console.print(field_table(result))
     state = "[green]activated[/green]" if result.activated else "[yellow]kept inactive[/yellow]"
     console.print(f"head v{result.version} {state}: {escape(result.reason)} (temperature {result.temperature:.2f})")
     if not result.activated:
         console.print(literal(f"activate it anyway with `shoal train {result.specialist} --activate {result.version}`"))
+
+
+def field_table(result: TrainReport) -> Any:
+    from rich.table import Table
+
+    def share(value: Any) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    table = Table(title="held-out, per field (spans)")
+    for column in ("field", "n", "with value", "right", "values right", "accepted", "accepted right", "ECE", "AUROC"):
+        table.add_column(column, justify="left" if column == "field" else "right")
+    for field, m in result.fields.items():
+        table.add_row(
+            literal(field),
+            str(m.get("n", 0)),
+            f"{m.get('values', 0)}/{m.get('gold_values', 0)}",
+            share(m.get("accuracy")),
+            share(m.get("value_accuracy")),
+            share(m.get("accepted")),
+            share(m.get("accepted_accuracy")),
+            f"{m.get('ece', 0.0):.3f}",
+            "-" if m.get("auroc") is None else f"{m['auroc']:.3f}",
+        )
+    return table

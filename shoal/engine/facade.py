@@ -26,6 +26,7 @@ from shoal.models.base import BackendHealth
 from shoal.models.embeddings import Embedder
 from shoal.models.router import ModelRouter
 from shoal.specialists.classifier import Classifier
+from shoal.specialists.extractor import Extractor
 from shoal.specialists.heads import MIN_PER_LABEL
 from shoal.status import RunStatus
 from shoal.store.db import Store, StoreLedger
@@ -223,6 +224,10 @@ class Shoal:
 
     def trainable(self, key: str) -> Classifier:
         return self.wiring.heads.trainable(key)
+
+    def learner(self, key: str) -> Classifier | Extractor[Any]:
+        """What `shoal train KEY` trains: a classifier, or an extractor (into a span head)."""
+        return self.wiring.heads.learner(key)
 
     async def train(
         self,

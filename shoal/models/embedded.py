@@ -44,6 +44,7 @@ from shoal.models.base import (
     token_logprobs,
 )
 from shoal.models.llama_probe import check_runs
+from shoal.models.router import TokenVectors
 
 GGUF_MAGIC = b"GGUF"
 
@@ -187,7 +188,7 @@ class _LoadedModel:
         self.lock = threading.Lock()
 
 
-_LOADED: dict[tuple[Path, int, int, bool], _LoadedModel] = {}
+_LOADED: dict[tuple[Path, int, int, bool, bool], _LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
 
 
@@ -219,14 +220,21 @@ def _quiet_llama_log() -> Iterator[None]:
 
 
 def load_llama(
-    path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int, embedding: bool = False
+    path: Path,
+    *,
+    n_ctx: int,
+    n_threads: int | None,
+    n_gpu_layers: int,
+    embedding: bool = False,
+    per_token: bool = False,
 ) -> _LoadedModel:
     """One loaded model per file, context size and mode, shared by every caller in the process.
 
     `embedding`: a context that returns mean-pooled hidden states instead of generating; it
     cannot generate, so a model used for both is loaded twice (small next to its KV cache).
+    `per_token` (with `embedding`): no pooling, one hidden state per token (span heads).
     """
-    key = (path.resolve(), n_ctx, n_gpu_layers, embedding)
+    key = (path.resolve(), n_ctx, n_gpu_layers, embedding, per_token)
     with _LOADED_LOCK:
         if key in _LOADED:
             return _LOADED[key]
@@ -234,9 +242,10 @@ def load_llama(
             import llama_cpp
         except ImportError:
             raise MissingExtraError("the embedded backend", "embedded", "llama-cpp-python") from None
+        pooling = llama_cpp.LLAMA_POOLING_TYPE_NONE if per_token else llama_cpp.LLAMA_POOLING_TYPE_MEAN
         mode: dict[str, Any] = (
             # one batch holds many short texts; MEAN pooling gives one vector per text
-            {"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "n_batch": n_ctx, "n_ubatch": n_ctx}
+            {"embedding": True, "pooling_type": pooling, "n_batch": n_ctx, "n_ubatch": n_ctx}
             # logits_all: logprobs need every position's logits, and confidence needs logprobs
             if embedding
             else {"logits_all": True}
@@ -333,6 +342,43 @@ def llama_kwargs(request: ChatRequest) -> dict[str, Any]:
     return kwargs
 
 
+def token_offsets(text: str, pieces: Sequence[bytes]) -> list[tuple[int, int]]:
+    """(start, end) characters of `text` per token, from each token's bytes.
+
+    The pieces usually join to the text's bytes; a piece that does not continue it (a special
+    token, a tokenizer's added leading space) is matched without its spaces a little further
+    on, or else given no characters. A token that ends inside a character (a multi-byte
+    character split over two tokens) ends after it.
+    """
+    data = text.encode("utf-8")
+    # the character each byte belongs to, and where the characters end in bytes
+    owner: list[int] = []
+    for index, char in enumerate(text):
+        owner += [index] * len(char.encode("utf-8"))
+    owner.append(len(text))
+
+    def char_start(byte: int) -> int:
+        return owner[min(byte, len(data))]
+
+    def char_end(byte: int) -> int:
+        return owner[byte - 1] + 1 if byte > 0 else 0
+
+    offsets: list[tuple[int, int]] = []
+    at = 0
+    for piece in pieces:
+        if piece and data.startswith(piece, at):
+            start, at = at, at + len(piece)
+        else:
+            bare = piece.strip()
+            found = data.find(bare, at, at + len(piece) + 4) if bare else -1
+            if found < 0:
+                offsets.append((char_start(at), char_start(at)))
+                continue
+            start, at = found, found + len(bare)
+        offsets.append((char_start(start), char_end(at)))
+    return offsets
+
+
 class EmbeddedBackend:
     name: ClassVar[BackendName] = "embedded"
 
@@ -401,6 +447,47 @@ class EmbeddedBackend:
             input_tokens=tokens,
             latency_s=latency,
         )
+
+    async def token_vectors(self, model: str, text: str) -> TokenVectors:
+        """One hidden state per token of `text`, with the characters each token spells.
+
+        A separate context without pooling (the mean-pooled one answers `embed`). Tokens past
+        the embedding context are cut, and the result says so (`cut`).
+        """
+        path = resolve_model_path(model, self.aliases)
+        loaded = await asyncio.to_thread(
+            load_llama,
+            path,
+            n_ctx=self.embed_ctx,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+            embedding=True,
+            per_token=True,
+        )
+        offsets, vectors, cut, latency = await asyncio.to_thread(self._token_vectors, loaded, text)
+        return TokenVectors(offsets=offsets, vectors=vectors, model=model, cut=cut, latency_s=latency)
+
+    @staticmethod
+    def _token_vectors(loaded: _LoadedModel, text: str) -> tuple[list[tuple[int, int]], list[list[float]], bool, float]:
+        llama = loaded.llama
+        with loaded.lock:
+            started = time.perf_counter()
+            # the same tokens `Llama.embed` makes and cuts to one batch
+            tokens = llama.tokenize(text.encode("utf-8"), add_bos=True)
+            cut = len(tokens) > llama.n_batch
+            tokens = tokens[: llama.n_batch]
+            if not text.strip() or not tokens:
+                return [], [], False, time.perf_counter() - started
+            pieces = [llama.detokenize([token]) for token in tokens]
+            # one text per call: llama-cpp-python's unpooled read of several sequences in one
+            # batch steps through its buffer by tokens, not by tokens times the width
+            vectors = llama.embed(text)
+            return (
+                token_offsets(text, pieces),
+                [list(map(float, v)) for v in vectors],
+                cut,
+                time.perf_counter() - started,
+            )
 
     @staticmethod
     def _embed(loaded: _LoadedModel, texts: list[str]) -> tuple[list[list[float]], int, float]:

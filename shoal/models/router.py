@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoal.errors import ModelError
+from shoal.errors import HeadError, ModelError
 from shoal.models.base import BackendName, ChatRequest, Embeddings, ModelBackend, ModelRef, Reply
 
 
@@ -28,6 +29,17 @@ class CallRecord(BaseModel):
     error_type: str | None = None
     raw_text: str | None = None
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TokenVectors:
+    """One vector per token of a text, with the (start, end) characters each token spells."""
+
+    offsets: list[tuple[int, int]]
+    vectors: list[list[float]]
+    model: str
+    cut: bool = False  # the text had more tokens than the model reads at once; the rest are not here
     latency_s: float = 0.0
 
 
@@ -77,6 +89,21 @@ class ModelRouter:
     async def embed(self, ref: ModelRef | str, texts: Sequence[str]) -> Embeddings:
         ref = ModelRef.parse(ref)
         return await self.backend(ref.backend).embed(ref.name, texts)
+
+    async def token_vectors(self, ref: ModelRef | str, text: str) -> TokenVectors:
+        """Per-token vectors (span heads read them); only backends that run the model in
+        process can give them."""
+        ref = ModelRef.parse(ref)
+        backend = self.backend(ref.backend)
+        read = getattr(backend, "token_vectors", None)
+        if read is None:
+            raise HeadError(
+                f"span heads read one vector per token, which the {ref.backend} backend does not give: "
+                f'train and use them on an embedded model (e.g. embed_model = "embedded:smollm2-135m" '
+                f"under [specialists.NAME])"
+            )
+        found: TokenVectors = await read(ref.name, text)
+        return found
 
     async def aclose(self) -> None:
         for backend in self._backends.values():

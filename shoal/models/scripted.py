@@ -23,6 +23,7 @@ from shoal.models.base import (
     Usage,
     parse_reply,
 )
+from shoal.models.router import TokenVectors
 
 Script = Callable[[ChatRequest], str | Reply | Exception]
 
@@ -81,6 +82,26 @@ class ScriptedBackend:
                 vector[int.from_bytes(digest, "little") % self.dim] += 1.0
             vectors.append(vector)
         return Embeddings(vectors=vectors, model=model, backend=self.name)
+
+    async def token_vectors(self, model: str, text: str) -> TokenVectors:
+        """Words and punctuation as tokens (each with the spaces before it, as BPE tokens do);
+        a token's vector hashes the token and the one before it, so a tagger on them can learn
+        that the word after "order" is an order number. Not a language model either."""
+        self.embedded.append(text)
+        offsets: list[tuple[int, int]] = []
+        vectors: list[list[float]] = []
+        previous = ""
+        for match in re.finditer(r"\s*(\w+|[^\w\s])", text):
+            word = match.group(1).lower()
+            vector = [0.0] * self.dim
+            half = self.dim // 2
+            for part, at, width in (("w" + word, 0, half), ("p" + previous, half, self.dim - half)):
+                digest = hashlib.blake2b(part.encode(), digest_size=4).digest()
+                vector[at + int.from_bytes(digest, "little") % width] = 1.0
+            offsets.append(match.span())
+            vectors.append(vector)
+            previous = word
+        return TokenVectors(offsets=offsets, vectors=vectors, model=model)
 
     async def health(self) -> BackendHealth:
         return BackendHealth(backend=self.name, reachable=True, where="in process", models=[ModelInfo(name="script")])

@@ -7,6 +7,7 @@ from shoal.specialists.coder import Code, Coder, CodeResult, CodeTask
 from shoal.specialists.extractor import Extractor
 from shoal.specialists.heads import HeadInfo, TrainedHead
 from shoal.specialists.sandbox import Sandbox, SandboxLimits, SandboxResult
+from shoal.specialists.spans import SpanHead, SpanHeadInfo, TokenReader
 from shoal.specialists.summarizer import Summarizer, Summary, SummaryInput
 
 __all__ = [
@@ -26,10 +27,13 @@ __all__ = [
     "SandboxResult",
     "SandboxUnavailableError",
     "Signal",
+    "SpanHead",
+    "SpanHeadInfo",
     "Specialist",
     "Summarizer",
     "Summary",
     "SummaryInput",
     "TextInput",
+    "TokenReader",
     "TrainedHead",
 ]
