@@ -255,9 +255,7 @@ def print_pending(pending: list[ReviewLine]) -> None:
             f"texts cut at {EXCERPT_CHARS} characters and answers at {ANSWER_CHARS}: `shoal review ID` shows one whole",
             soft_wrap=True,
         )
-    console.print(
-        "see one with `shoal review ID`; answer with `shoal review ID --answer ANSWER` or `--accept`", soft_wrap=True
-    )
+    console.print("see one with `shoal review ID`, answer with `--answer ANSWER` or `--accept`", soft_wrap=True)
 
 
 def heads(
