@@ -22,6 +22,8 @@ from shoal.tickets.files import TicketRow
 from shoal.tickets.plan import FIELDS
 
 TICKET = "Ticket from Anna: my order 70012345 arrived broken and I want a refund."
+# two lines: too long to be its own summary, so the summary is the model's (and can be doubted)
+LONG_TICKET = TICKET + "\nSent from my phone, sorry for typos."
 KIND = {"steps": [{"id": "kind", "specialist": "classifier", "instruction": "categorise it", "inputs": ["task"]}]}
 
 
@@ -79,7 +81,7 @@ async def waiting_classifier(reply: str = '{"label": "ORDER"}') -> RunReport:
 async def waiting_ticket() -> tuple[TicketOutcome, dict[str, int]]:
     """A triaged ticket whose entities and summary wait for a person: (outcome, step -> review id)."""
     async with _engine({"entities": 1.0, "summary": 1.0}, ticket_answer) as engine:
-        outcome = await engine.triage_ticket(TicketRow(key="T1", line=1, text=TICKET), source="tickets.csv")
+        outcome = await engine.triage_ticket(TicketRow(key="T1", line=1, text=LONG_TICKET), source="tickets.csv")
         reviews = {r.step_id: r.id or 0 for r in engine.store.reviews(run_id=outcome.run_id)}
     assert outcome.status == "waiting" and set(reviews) == {"entities", "summary"}, outcome
     return outcome, reviews

@@ -2,9 +2,9 @@
 
 Confidence from grounding: the share of numbers, names and content words of the summary and
 key points that occur in the source (whole words), and whether it states as done what the
-source only asks for ("the order was refunded" for "I want a refund"). Invented numbers weigh most (a wrong amount or date in a
-summary does the most harm), then names, then content words; a summary outside the word
-bounds loses half its confidence.
+source only asks for ("the order was refunded" for "I want a refund"). Invented numbers weigh
+most (a wrong amount or date in a summary does the most harm), then names, then content
+words; a summary outside the word bounds loses half its confidence.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from shoal.models.base import Message, Reply
-from shoal.specialists.base import Judgement, Signal, Specialist
+from shoal.models.base import Message, ModelRef, Reply
+from shoal.specialists.base import Judgement, Result, Signal, Specialist
 from shoal.specialists.grounding import content_words, grounded, names, numbers, stem, unsupported_claims
 
 
@@ -42,6 +42,7 @@ class Summarizer(Specialist[SummaryInput, Summary]):
         min_words: int = 5,
         max_words: int = 60,
         instruction: str = "Summarise the text.",
+        verbatim: bool = False,
         **kwargs: Any,
     ) -> None:
         if not 0 < min_words <= max_words:
@@ -51,6 +52,37 @@ class Summarizer(Specialist[SummaryInput, Summary]):
         self.min_words = min_words
         self.max_words = max_words
         self.instruction = instruction
+        self.verbatim = verbatim  # a text no longer than a summary is its own
+
+    async def run(
+        self,
+        data: SummaryInput | dict[str, Any],
+        *,
+        model: ModelRef | str | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Result[Summary]:
+        """A text already within the summary's length is its own summary: copied, it cannot
+        misstate the source, and no model is asked to rephrase it (most one-line tickets)."""
+        item = data if isinstance(data, SummaryInput) else SummaryInput.model_validate(data)
+        words = item.text.split()
+        short = self.verbatim and 0 < len(words) <= self.max_words and "\n" not in item.text.strip()
+        if model is not None or not short:
+            return await super().run(item, model=model, temperature=temperature, seed=seed)
+        return Result[Summary](
+            specialist=self.name,
+            model="verbatim",
+            output=Summary(summary=" ".join(words)),
+            confidence=1.0,
+            evidence=[
+                Signal(
+                    name="verbatim",
+                    value=1.0,
+                    detail=f"the text is {len(words)} words, within the summary's {self.max_words}: "
+                    "it is its own summary",
+                )
+            ],
+        )
 
     def response_type(self) -> type[BaseModel]:
         return Summary

@@ -97,6 +97,7 @@ def ticket_specialists(router: ModelRouter, settings: Settings) -> dict[str, Spe
             min_words=3,
             max_words=25,
             instruction="Summarise the support ticket in one line for the agent who will handle it.",
+            verbatim=True,
             threshold=threshold("summary", Summarizer.default_threshold),
             name="summary",
         ),
