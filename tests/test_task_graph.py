@@ -29,6 +29,7 @@ from shoal.graphs.task import TaskRuntime, record_call
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.specialists.classifier import Classifier
+from shoal.status import RunStatus
 from shoal.store import Store
 
 TICKET = "Ticket from Anna (anna@example.com): my order 70012345 arrived broken and I want a refund."
@@ -543,11 +544,17 @@ async def test_the_task_graph_as_a_subgraph_carries_its_runtime_through_a_review
     first = await graph.ainvoke({"run_id": "sub1", "task": TICKET, "plan": plan}, config, context={"mine": 1})
     (pending,) = first["__interrupt__"]
     assert pending.value["step_id"] == "kind" and shoal.store.reviews()[0].step_id == "kind"
+    run = shoal.store.get_run("sub1")
+    assert run is not None and run.status == RunStatus.WAITING and run.model_calls == 1
     answer = {"label": "REFUND", "labels": ["REFUND"]}
     shoal.store.answer_review(pending.value["review_id"], answer, "tester")
     done = await graph.ainvoke(Command(resume={pending.id: {"answer": answer}}), config)
     assert done["answer"]["answer"]["kind"]["label"] == "REFUND"
     assert len(backend.requests) == 1, "the resumed subgraph did not ask the model again"
+    # no engine drove it, and still the run is closed with its totals, as shoal show expects
+    run = shoal.store.get_run("sub1")
+    assert run is not None and run.status == RunStatus.DONE and run.model_calls == 1 and run.tokens_in > 0
+    assert run.result_json is not None and json.loads(run.result_json)["answer"]["kind"]["label"] == "REFUND"
     await shoal.aclose()
 
 

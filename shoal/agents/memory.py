@@ -181,7 +181,6 @@ class PlanMemory:
         same = [same_plan(self._items[i].plan, self._items[int(j)].plan) for i, j in enumerate(nearest)]
         return fit_curve(similarities, same, fitted_on=f"{len(self._items)} approved plans of this shoal")
 
-
     def _unit(self, matrix: Matrix) -> Matrix:
         if self._space is not None:
             mean, scale = self._space

@@ -19,14 +19,18 @@ runs again from its start on resume.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
+from langgraph.errors import GraphInterrupt
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from shoal.graphs import nodes
 from shoal.graphs.context import TaskRuntime, record_call
 from shoal.graphs.state import RunState
+from shoal.status import RunStatus
 
 __all__ = ["TaskRuntime", "build_task_graph", "record_call", "task_subgraph"]
 
@@ -63,8 +67,31 @@ class WithRuntime:
     async def __call__(self, state: RunState) -> dict[str, Any]:
         # no config: LangGraph hands the caller's (checkpointer, thread, namespace) down, so
         # an interrupt inside pauses the caller and a resume picks the task graph up again
-        result: dict[str, Any] = await self.graph.ainvoke(state, context=self.ctx)
+        started = time.perf_counter()
+        try:
+            result: dict[str, Any] = await self.graph.ainvoke(state, context=self.ctx)
+        except GraphInterrupt:
+            await self._close(state, RunStatus.WAITING, started)
+            raise
+        except Exception as exc:
+            await self._close(state, RunStatus.FAILED, started, error=str(exc))
+            raise
+        await self._close(state, RunStatus.DONE, started, answer=result.get("answer"))
         return result
+
+    async def _close(
+        self, state: RunState, status: RunStatus, started: float, *, error: str | None = None, answer: Any = None
+    ) -> None:
+        """No engine drives this run, so its row is closed here: status, time and totals, as
+        `shoal show` and `shoal runs` expect of every run."""
+        run_id = state.get("run_id")
+        if not run_id:
+            return
+        store = self.ctx.store
+        result_json = None if answer is None else json.dumps(answer, ensure_ascii=False)
+        await store.offload(
+            store.finish_run, run_id, status, time.perf_counter() - started, error=error, result_json=result_json
+        )
 
 
 def task_subgraph(ctx: TaskRuntime, checkpointer: Any = None) -> CompiledStateGraph[RunState, Any, RunState, RunState]:
