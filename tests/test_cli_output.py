@@ -161,7 +161,7 @@ def write_tickets(path: Path, n: int) -> None:
 
 def test_triage_counts_what_the_database_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_tickets(tmp_path / "tickets.csv", 3)
-    monkeypatch.setattr("shoal.cli.working.engine", lambda _: scripted_engine({"summary": 1.0}, ticket_answer))
+    monkeypatch.setattr("shoal.cli.working.engine", lambda _: scripted_engine({"entities": 1.0}, ticket_answer))
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     first = runner.invoke(app, ["triage", "tickets.csv", "--id", "ticket_id"])

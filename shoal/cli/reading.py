@@ -264,6 +264,7 @@ def heads(
 ) -> None:
     """Trained classifier heads: versions, training data and held-out metrics."""
     from shoal.engine import views
+    from shoal.engine.reports import HeadMetrics
 
     found = views.head_summaries(db_path(config))
     if as_json:
@@ -277,14 +278,14 @@ def heads(
     fixed(grid, "head", "active")
     fixed(grid, "labels", "examples", "accuracy", "ECE", "escalated", right=True)
     for h in found:
-        after = h.after or {}
+        after = h.after or HeadMetrics()
         grid.add_row(
             literal(f"{h.specialist} v{h.version}" + (f" ({h.embed_model})" if len(models) > 1 else "")),
             "yes" if h.active else "",
             str(h.labels),
             str(h.examples),
-            f"{after.get('accuracy', 0):.3f}",
-            f"{after.get('ece', 0):.3f}",
-            f"{after.get('escalated', 0):.1%}",
+            f"{after.accuracy:.3f}",
+            f"{after.ece:.3f}",
+            f"{after.escalated:.1%}",
         )
     console.print(grid)

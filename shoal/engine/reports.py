@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.status import RunStatus
 
@@ -40,6 +40,19 @@ class RunReport(BaseModel):
         )
 
 
+class HeadMetrics(BaseModel):
+    """A head (or what it was compared with) on its held-out slice, as stored with the head."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    what: str = ""
+    n: int = 0
+    accuracy: float = 0.0
+    ece: float = 0.0
+    auroc: float | None = None
+    escalated: float = 0.0
+
+
 class HeadSummary(BaseModel):
     specialist: str
     version: int
@@ -48,5 +61,5 @@ class HeadSummary(BaseModel):
     labels: int
     examples: int
     created_at: datetime
-    after: dict[str, Any] | None = None
-    before: dict[str, Any] | None = None
+    after: HeadMetrics | None = None
+    before: HeadMetrics | None = None

@@ -17,6 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
+from shoal.engine.reports import HeadMetrics
 from shoal.errors import ConfigError
 from shoal.tui.messages import BackendsChecked, PullFinished, PullProgressed
 from shoal.tui.widgets import ShoalScreen, cells
@@ -102,17 +103,17 @@ class ModelsScreen(ShoalScreen):
         heads = self.query_one("#heads", DataTable)
         heads.clear()
         for h in engine.heads():
-            after, before = h.after or {}, h.before or {}
+            after, before = h.after or HeadMetrics(), h.before
             heads.add_row(
                 *cells(
                     f"{h.specialist} v{h.version}",
                     "active" if h.active else "",
                     f"{h.examples} examples",
                     str(h.labels),
-                    f"{after.get('accuracy', 0):.3f}",
-                    f"{after.get('ece', 0):.3f}",
-                    f"{after.get('escalated', 0):.1%}",
-                    f"{before.get('what', '')} {before.get('accuracy', 0):.3f}" if before else "-",
+                    f"{after.accuracy:.3f}",
+                    f"{after.ece:.3f}",
+                    f"{after.escalated:.1%}",
+                    f"{before.what} {before.accuracy:.3f}" if before else "-",
                     h.embed_model,
                     h.created_at.strftime("%Y-%m-%d %H:%M"),
                 ),
