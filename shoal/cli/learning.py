@@ -253,7 +253,7 @@ def field_table(result: TrainReport) -> Any:
         return "-" if value is None else f"{value:.1%}"
 
     table = Table(title="held-out, per field (spans)")
-    for column in ("field", "n", "with value", "right", "values right", "accepted", "accepted right", "ECE", "AUROC"):
+    for column in ("field", "n", "values", "right", "values right", "accepted", "ECE", "AUROC"):
         table.add_column(column, justify="left" if column == "field" else "right")
     for field, m in result.fields.items():
         table.add_row(
@@ -263,7 +263,6 @@ def field_table(result: TrainReport) -> Any:
             share(m.get("accuracy")),
             share(m.get("value_accuracy")),
             share(m.get("accepted")),
-            share(m.get("accepted_accuracy")),
             f"{m.get('ece', 0.0):.3f}",
             "-" if m.get("auroc") is None else f"{m['auroc']:.3f}",
         )
