@@ -258,6 +258,26 @@ class Specialist(ABC, Generic[In, Out]):
             f"shoal.toml with [specialists.{self.name}] max_tokens = {self.max_tokens * 2}"
         )
 
+    async def local_call(self, ref: ModelRef, text: str, output: BaseModel, latency_s: float) -> CallRecord:
+        """An answer made without a chat model (a trained head, a knowledge lookup) recorded as
+        a call of the model whose embeddings it read, so `shoal show` lists what answered and
+        how fast like any other call."""
+        record = CallRecord(
+            ref=ref,
+            request=ChatRequest(model=ref.name, messages=[Message(role="user", content=text)], max_tokens=1),
+            reply=Reply(
+                text=output.model_dump_json(),
+                parsed=output,
+                latency_s=latency_s,
+                model=ref.name,
+                backend=ref.backend,
+            ),
+            latency_s=latency_s,
+        )
+        if self.router.recorder is not None:
+            await self.router.recorder(record)
+        return record
+
     def _failed(self, ref: ModelRef, calls: list[CallRecord], signal: str, why: str) -> Result[Out]:
         return Result[Out](
             specialist=self.name,

@@ -17,9 +17,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, create_model
 
 from shoal.errors import HeadError
-from shoal.models.base import ChatRequest, Message, ModelRef, Reply
+from shoal.models.base import Message, ModelRef, Reply
 from shoal.models.embeddings import Embedder
-from shoal.models.router import CallRecord
 from shoal.specialists.base import Judgement, Result, Signal, Specialist
 from shoal.specialists.heads import TrainedHead
 from shoal.specialists.tokens import TokenText, find_value, label_distribution
@@ -173,23 +172,8 @@ class Classifier(Specialist[TextInput, Classification]):
             distribution=prediction.distribution,
             margin=margin,
         )
-        # recorded like any model call, so `shoal show` lists what answered and how fast
         ref = embedder.model
-        latency = time.perf_counter() - started
-        record = CallRecord(
-            ref=ref,
-            request=ChatRequest(model=ref.name, messages=[Message(role="user", content=data.text)], max_tokens=1),
-            reply=Reply(
-                text=output.model_dump_json(),
-                parsed=output,
-                latency_s=latency,
-                model=ref.name,
-                backend=ref.backend,
-            ),
-            latency_s=latency,
-        )
-        if self.router.recorder is not None:
-            await self.router.recorder(record)
+        record = await self.local_call(ref, data.text, output, time.perf_counter() - started)
         return Result[Classification](
             specialist=self.name,
             model=f"{ref}+head:{self.name}@{version}",

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field
 
 from shoal.models import Message, ModelRef, ModelRouter, Reply
-from shoal.models.base import ChatRequest
-from shoal.models.router import CallRecord
 from shoal.specialists import Judgement, Result, Signal, Specialist
 from shoal.specialists.grounding import numbers
 from shoal.status import AnsweredBy
@@ -153,7 +151,7 @@ class ReplyDrafter(Specialist[ReplyInput, ReplyDraft]):
                 + (f"; filled {', '.join(filled.filled)}" if filled.filled else ""),
             ),
         ]
-        record = await self._record(data, output, time.perf_counter() - started)
+        record = await self.local_call(self.embedder.model, data.text, output, time.perf_counter() - started)
         return Result[ReplyDraft](
             specialist=self.name,
             model=f"{self.embedder.model}+knowledge",
@@ -182,26 +180,6 @@ class ReplyDrafter(Specialist[ReplyInput, ReplyDraft]):
             evidence=[Signal(name="knowledge", value=0.0, detail=why)],
             error=why,
         )
-
-    async def _record(self, data: ReplyInput, output: ReplyDraft, latency: float) -> CallRecord:
-        """The retrieval as a call, so `shoal show` lists what answered and how fast."""
-        assert self.embedder is not None
-        ref = self.embedder.model
-        record = CallRecord(
-            ref=ref,
-            request=ChatRequest(model=ref.name, messages=[Message(role="user", content=data.text)], max_tokens=1),
-            reply=Reply(
-                text=output.model_dump_json(),
-                parsed=output,
-                latency_s=latency,
-                model=ref.name,
-                backend=ref.backend,
-            ),
-            latency_s=latency,
-        )
-        if self.router.recorder is not None:
-            await self.router.recorder(record)
-        return record
 
     # --- the frontier's prompt, and what an escalated answer teaches ---------------------------
 
