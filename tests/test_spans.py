@@ -125,6 +125,15 @@ async def test_a_span_head_learns_calibrates_and_round_trips() -> None:
     assert set(head.info.metrics["calibration"]) == {"order_id", "account_type"}
     again = SpanHead.from_bytes(head.to_bytes())
     assert again.info == head.info and again.read(text, tokens) == answers
+    # a head saved before its neighbours' shapes were features still reads with its own layout
+    older = SpanHead(
+        head.info.model_copy(update={"layout": 1}),
+        mean=head.mean,
+        scale=head.scale,
+        coef=head.coef[:, :-12],
+        intercept=head.intercept,
+    )
+    assert set(older.read(text, tokens)) == {"order_id", "account_type"}
 
 
 async def test_a_span_head_refuses_what_it_was_not_made_for() -> None:
@@ -249,8 +258,16 @@ async def test_the_engine_trains_attaches_and_reloads_a_span_head(tmp_path: Path
         assert report.embedded == len({r.text for r in files})
         extractor = shoal.learner("entities")
         assert isinstance(extractor, Extractor) and extractor.span_head is not None
-        again = await shoal.train("entities", baseline=0)  # every text's tokens come from the store now
-        assert again.embedded == 0 and again.before is not None and again.before.what == "head v1"
+        # the flywheel: a person's answer is kept as the example the extractor says it teaches
+        taught = extractor.labelled_example(
+            TextInput(text="cancel order 80808 on my gold account"),
+            extractor.output_type(order_id="80808", account_type="gold", email="nobody@example.com"),
+        )
+        assert taught is not None and json.loads(taught[1]) == {"order_id": "80808", "account_type": "gold"}
+        shoal.store.add_examples([{"specialist": "entities", "text": taught[0], "label": taught[1], "source": "human"}])
+        again = await shoal.train("entities", baseline=0)  # the other texts' tokens come from the store now
+        assert again.embedded == 1 and again.by_source["human"] == 1
+        assert again.before is not None and again.before.what == "head v1"
     async with Shoal(settings, router=ModelRouter(lambda _: backend)) as shoal:
         fresh = shoal.learner("entities")
         shoal.attach_heads({"entities": fresh})

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     Matrix = npt.NDArray[np.float32]
 
 FORMAT = 1
+LAYOUT = 2  # the feature layout new heads are fitted with, see `SpanHeadInfo.layout`
 # a field needs this many texts that show its value before a head answers it; below, it is prompted
 MIN_PER_FIELD = 5
 NEIGHBOURS = 1  # tokens each side whose vectors join a token's own: a causal model's token has no right context
@@ -81,6 +82,9 @@ class SpanHeadInfo(BaseModel):
     embed_model: str
     dim: int
     neighbours: int = NEIGHBOURS
+    # features per token: 1 = vectors of it and its neighbours, and its shape; 2 = and its
+    # neighbours' shapes (a head keeps the layout it was fitted with)
+    layout: int = 1
     data_hash: str
     n_train: int = Field(description="texts the tagger was fitted on")
     n_calibration: int = Field(description="texts its confidences were calibrated on")
@@ -215,7 +219,7 @@ class SpanHead:
         return self.info.fields
 
     def features(self, text: str, tokens: Tokens) -> Matrix:
-        return _features(text, tokens, self.mean, self.scale, self.info.neighbours)
+        return _features(text, tokens, self.mean, self.scale, self.info.neighbours, self.info.layout)
 
     def tag_probabilities(self, text: str, tokens: Tokens) -> Matrix:
         import numpy as np
@@ -309,7 +313,7 @@ class SpanHead:
         scale = stacked.std(axis=0)
         scale[scale < 1e-6] = 1.0
         mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
-        x = np.concatenate([_features(examples[i][0], tokens[i], mean32, scale32, NEIGHBOURS) for i in fit_idx])
+        x = np.concatenate([_features(examples[i][0], tokens[i], mean32, scale32, NEIGHBOURS, LAYOUT) for i in fit_idx])
         y = np.concatenate(
             [np.asarray(token_tags(examples[i][0], tokens[i].offsets, examples[i][1], kept)) for i in fit_idx]
         )
@@ -324,6 +328,7 @@ class SpanHead:
             n_train=len(fit_idx),
             n_calibration=len(cal_idx),
             n_tokens=len(y),
+            layout=LAYOUT,
             calibration={},
             field_counts={f: counts[f] for f in kept},
         )
@@ -416,7 +421,7 @@ class SpanHead:
                         f"head, made by `shoal train` for an extractor"
                     )
                 info = SpanHeadInfo.model_validate(raw)
-                if info.format > FORMAT:
+                if info.format > FORMAT or info.layout > LAYOUT:
                     raise HeadError(f"{where} was saved by a newer shoal (format {info.format}); upgrade shoal")
                 return cls(info, mean=data["mean"], scale=data["scale"], coef=data["coef"], intercept=data["intercept"])
         except HeadError:
@@ -425,7 +430,7 @@ class SpanHead:
             raise HeadError(f"{where} is not a readable shoal span head ({type(exc).__name__}: {exc})") from None
 
 
-def _features(text: str, tokens: Tokens, mean: Matrix, scale: Matrix, neighbours: int) -> Matrix:
+def _features(text: str, tokens: Tokens, mean: Matrix, scale: Matrix, neighbours: int, layout: int) -> Matrix:
     import numpy as np
 
     z = ((tokens.vectors - mean) / scale).astype(np.float32)
@@ -441,7 +446,12 @@ def _features(text: str, tokens: Tokens, mean: Matrix, scale: Matrix, neighbours
     for start, end in tokens.offsets:
         a, b = core(text, start, end)
         shapes.append(_shape(text[a:b], text[start:end]))
-    parts.append(np.asarray(shapes, dtype=np.float32).reshape(n, SHAPES))
+    shape = np.asarray(shapes, dtype=np.float32).reshape(n, SHAPES)
+    parts.append(shape)
+    if layout >= 2:  # the neighbours' shapes too: where digits give way to a word is where an id ends
+        before, after = np.zeros_like(shape), np.zeros_like(shape)
+        before[1:], after[:-1] = shape[:-1], shape[1:]
+        parts += [before, after]
     out: Matrix = np.concatenate(parts, axis=1)
     return out
 
