@@ -27,8 +27,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from shoal.errors import HeadError
-from shoal.models.base import ChatRequest, Message, ModelRef, Reply
-from shoal.models.router import CallRecord
+from shoal.models.base import Message, ModelRef, Reply
 from shoal.specialists.base import Judgement, Result, Signal, Specialist
 from shoal.specialists.classifier import TextInput
 from shoal.specialists.grounding import grounded
@@ -63,6 +62,12 @@ def takes_text(info: FieldInfo) -> bool:
 
 def text_fields(schema: type[BaseModel]) -> list[str]:
     return [name for name, info in schema.model_fields.items() if takes_text(info)]
+
+
+class SpanReading(BaseModel):
+    """What a span head read, as its recorded call says: field -> value, or None."""
+
+    values: dict[str, str | None]
 
 
 class Extractor(Specialist[TextInput, M], Generic[M]):
@@ -179,17 +184,8 @@ class Extractor(Specialist[TextInput, M], Generic[M]):
                     detail="the text is longer than the model reads at once: its tail was not searched",
                 )
             )
-        # recorded like any model call, so `shoal show` lists what answered and how fast
         ref = reader.model
-        record = CallRecord(
-            ref=ref,
-            request=ChatRequest(model=ref.name, messages=[Message(role="user", content=data.text)], max_tokens=1),
-            reply=Reply(text=json.dumps(values), latency_s=latency, model=ref.name, backend=ref.backend),
-            latency_s=latency,
-        )
-        if self.router.recorder is not None:
-            await self.router.recorder(record)
-        calls = [record]
+        calls = [await self.local_call(ref, data.text, SpanReading(values=dict(values)), latency)]
         confidence = min((a.confidence for a in answers.values()), default=1.0)
         used = f"{ref}+spans:{self.name}@{version}"
         if self._prompted is not None:
