@@ -172,3 +172,23 @@ async def test_a_reply_a_person_wrote_in_review_is_drafted_for_the_next_such_tic
         assert second.status == TicketStatus.DONE, second
         reply = second.fields["reply"]["output"]
         assert reply["reply"] == written and reply["knowledge"] == [f"reviewed:{example.id}"]
+
+
+@pytest.mark.embedded
+async def test_a_reviewed_reply_is_retrievable_on_the_real_model(tmp_path: Path) -> None:
+    """What review stores (an `example` row) is found by the drafter's real embeddings for the
+    next ticket like it, over the built-in item for the same intent."""
+    written = "Your order 70012345 is cancelled; nothing will be charged."
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    async with Shoal(settings) as shoal:
+        label = json.dumps({"topic": "cancel_order", "reply": written})
+        shoal.store.add_examples([{"specialist": "reply", "text": CANCEL, "label": label, "source": "human"}])
+        drafter = shoal.ticket_specialists()["reply"]
+        assert isinstance(drafter, ReplyDrafter)
+        result = await drafter.run(
+            ReplyInput(
+                text="please cancel my order 70012345, I ordered it by mistake", upstream=upstream("cancel_order")
+            )
+        )
+    assert result.output is not None and result.output.reply == written
+    assert result.output.knowledge[0].startswith("reviewed:")
