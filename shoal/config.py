@@ -81,6 +81,14 @@ class EscalationSettings(_Section):
     human: bool = True
 
 
+class StoreSettings(_Section):
+    """The [store] section: how long the database keeps runs (`shoal prune`)."""
+
+    # runs last touched longer ago than this go on `shoal prune` without --older-than (nothing
+    # is pruned unless `shoal prune` runs: schedule it, e.g. daily from cron)
+    retention_days: float = Field(default=30.0, gt=0)
+
+
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -110,6 +118,7 @@ class Settings(_Section):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
     # the task graph's general-purpose classifier; the shipped default is Bitext's taxonomy
     classifier_labels: list[str] = Field(default_factory=lambda: list(BITEXT_CATEGORIES), min_length=2)

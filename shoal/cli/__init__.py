@@ -8,6 +8,7 @@ One module per group of commands:
 - `working`: `ask`, `run`, `resume`, `triage`, `tui`
 - `learning`: `eval`, `train`
 - `backends`: `models`, `models pull`
+- `maintenance`: `prune`
 - `common`: consoles, checks on what was typed, cutting, progress for a terminal or a pipe
 
 Help is plain text (`rich_markup_mode=None`): Typer's Rich help loads Markdown and syntax
@@ -23,7 +24,7 @@ import sys
 import typer
 from rich.text import Text
 
-from shoal.cli import backends, learning, reading, reviewing, working
+from shoal.cli import backends, learning, maintenance, reading, reviewing, working
 from shoal.cli.common import err
 from shoal.cli.working import fields_model
 from shoal.errors import ShoalError
@@ -42,6 +43,7 @@ app.command()(working.tui)
 app.command("eval")(learning.eval_)
 app.command()(learning.train)
 app.command()(reading.heads)
+app.command()(maintenance.prune)
 app.add_typer(backends.models_app, name="models")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +30,7 @@ from shoal.specialists.classifier import Classifier
 from shoal.specialists.extractor import Extractor
 from shoal.specialists.heads import MIN_PER_LABEL
 from shoal.status import RunStatus
-from shoal.store.db import Store, StoreLedger
+from shoal.store.db import Pruned, Store, StoreLedger
 from shoal.tickets.files import BadRow, TicketRow, write_results
 from shoal.tickets.triage import WORKFLOW as TICKETS
 from shoal.tickets.triage import TicketDesk, TicketOutcome
@@ -288,3 +289,9 @@ class Shoal:
     def exchange(self, call: views.CallLine) -> views.Exchange:
         """A model call's prompt and reply as text (from a `run_detail` call line)."""
         return views.exchange(call)
+
+    def prune(self, statuses: Sequence[str], *, older_than: timedelta | None = None, dry_run: bool = False) -> Pruned:
+        """Delete runs with one of `statuses` not touched for `older_than` (`[store] retention_days`
+        when None) with everything they recorded; see `Store.prune_runs`."""
+        age = older_than if older_than is not None else timedelta(days=self.settings.store.retention_days)
+        return self.store.prune_runs(statuses=statuses, before=datetime.now(UTC) - age, dry_run=dry_run)

@@ -72,10 +72,10 @@ def call_rows(run_id: str, step_id: str, calls: list[CallRecord], confidence: fl
                 "step_id": step_id,
                 "model": str(call.ref),
                 "request_json": call.request.record_json(),
-                "reply_json": None if reply is None else reply.record_json(),
+                "reply_json": call.stored_reply(),  # bounded, without top-k alternatives (#16)
                 "error": call.error,
                 "error_type": call.error_type,
-                "raw_text": call.raw_text,
+                "raw_text": call.stored_raw_text(),  # bounded, and never the reply's text again
                 "tokens_in": reply.usage.input_tokens if reply else 0,
                 "tokens_out": reply.usage.output_tokens if reply else 0,
                 "latency_s": call.latency_s,

@@ -6,15 +6,32 @@ specialists stay free of the database.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoal.errors import HeadError, ModelError
 from shoal.models.base import BackendName, ChatRequest, Embeddings, ModelBackend, ModelRef, Reply
+
+# What a stored call keeps of a reply (issue #16): a model's text up to this many characters,
+# then a marker saying how many were cut; each generated token with its log-probability (no
+# top-k alternatives: the confidence and the signals behind it are kept with the step) for at
+# most this many tokens. A 1 MB junk reply costs about 16 KB, not 1 MB twice.
+STORED_TEXT_CHARS = 16_000
+STORED_LOGPROBS = 512
+
+
+def stored_text(text: str, limit: int = STORED_TEXT_CHARS) -> str:
+    """`text` as the store keeps it: whole up to `limit` characters, else its head and a marker."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[shoal: {len(text) - limit:,} more characters not stored]"
 
 
 class CallRecord(BaseModel):
@@ -30,6 +47,43 @@ class CallRecord(BaseModel):
     raw_text: str | None = None
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     latency_s: float = 0.0
+
+    def stored_reply(self) -> str | None:
+        """The reply as the `modelcall.reply_json` column keeps it: its text (bounded, see
+        `STORED_TEXT_CHARS`), the parsed answer (what `shoal show --calls` shows; not when longer
+        than that bound), usage, cost and timing, and per token `[token, logprob]` without the
+        top-k alternatives (the confidence and the signals behind it are the step's)."""
+        reply = self.reply
+        if reply is None:
+            return None
+        data: dict[str, Any] = {"text": stored_text(reply.text)}
+        if reply.parsed is not None:
+            parsed = reply.parsed.model_dump_json()
+            if len(parsed) <= STORED_TEXT_CHARS:
+                data["parsed"] = json.loads(parsed)
+            else:
+                data["parsed_not_stored"] = f"{len(parsed):,} characters"
+        tokens = reply.logprobs[:STORED_LOGPROBS]
+        if tokens:
+            data["logprobs"] = [[t.token, None if math.isnan(t.logprob) else round(t.logprob, 4)] for t in tokens]
+        if len(reply.logprobs) > len(tokens):
+            data["logprobs_not_stored"] = len(reply.logprobs) - len(tokens)
+        data.update(
+            usage=reply.usage.model_dump(),
+            latency_s=reply.latency_s,
+            model=reply.model,
+            backend=reply.backend,
+            cost_usd=reply.cost_usd,
+            finish_reason=reply.finish_reason,
+        )
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+
+    def stored_raw_text(self) -> str | None:
+        """What the model said when its reply failed, bounded; None when the stored reply
+        already holds the same text (an unparsable reply kept both: the same megabyte twice)."""
+        if self.raw_text is None or (self.reply is not None and self.reply.text == self.raw_text):
+            return None
+        return stored_text(self.raw_text)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -598,6 +599,125 @@ class Store:
                         text(f"DELETE FROM {table} WHERE thread_id = :t"), {"t": run_id}
                     ).rowcount
         return removed
+
+    # --- retention ------------------------------------------------------------------------
+
+    def prune_runs(self, *, statuses: Sequence[str], before: datetime | None = None, dry_run: bool = False) -> Pruned:
+        """Delete the runs with one of `statuses` last touched before `before` (any age when
+        None), with their steps, model calls, escalations, reviews and LangGraph checkpoints, in
+        one transaction; `dry_run` counts what would go and deletes nothing.
+
+        Ticket rows stay with their result (fields, queue, status), so exports and re-triage
+        skips still work; a ticket whose run had not ended well enough to keep (waiting,
+        running, pending, stopped) is marked failed, its run id cleared, so triaging it again
+        starts afresh. Labelled examples and frontier spend are kept."""
+        wanted = [_member(RunStatus, s).value for s in statuses]
+        if not wanted:
+            return Pruned()
+        where = f"status IN ({', '.join('?' * len(wanted))})"
+        params: list[Any] = list(wanted)
+        if before is not None:
+            where += " AND updated_at < ?"
+            params.append(_sqlite_value(before.astimezone(UTC).replace(tzinfo=None)))
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                pruned = _prune(connection, where, tuple(params), dry_run)
+                connection.exec_driver_sql("ROLLBACK" if dry_run else "COMMIT")
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+        return pruned
+
+    def file_bytes(self) -> int:
+        """The database's size on disk, its write-ahead log included."""
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.is_file())
+
+    def vacuum(self) -> tuple[int, int]:
+        """Give the space of deleted rows back to the disk (SQLite otherwise reuses it in the
+        file); needs as much free disk as the file takes. Returns the size before and after."""
+        before = self.file_bytes()
+        with self._fast_lock:
+            raw = self._fast_connection()
+            raw.execute("VACUUM")
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before, self.file_bytes()
+
+
+@dataclass
+class Pruned:
+    """What `Store.prune_runs` deleted (or, on a dry run, would delete)."""
+
+    runs: int = 0
+    steps: int = 0
+    calls: int = 0
+    escalations: int = 0
+    reviews: int = 0
+    checkpoints: int = 0
+    tickets_failed: int = 0  # tickets whose unfinished run went: marked failed, to triage again
+    bytes: int = 0  # the data in the deleted rows' text columns (the file shrinks after VACUUM)
+    run_ids: list[str] = field(default_factory=list)
+
+
+# text columns that hold what a run's rows weigh (summed for `Pruned.bytes`)
+_PRUNED_COLUMNS = {
+    "run": ("task", "plan_json", "result_json", "error"),
+    "step": ("instruction", "input_json", "output_json", "evidence_json", "error"),
+    "modelcall": ("request_json", "reply_json", "raw_text", "error"),
+    "escalation": ("reason",),
+    "review": ("question_json", "answer_json"),
+}
+
+_PRUNED_COUNTS = {"step": "steps", "modelcall": "calls", "escalation": "escalations", "review": "reviews"}
+
+
+def _prune(connection: Any, where: str, params: tuple[Any, ...], dry_run: bool) -> Pruned:
+    ids = [str(r[0]) for r in connection.exec_driver_sql(f"SELECT id FROM run WHERE {where}", params)]
+    pruned = Pruned(runs=len(ids), run_ids=ids)
+    tables = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for start in range(0, len(ids), 500):  # SQLite caps bound parameters
+        chunk = tuple(ids[start : start + 500])
+        marks = ", ".join("?" * len(chunk))
+        for table, columns in _PRUNED_COLUMNS.items():
+            key = "id" if table == "run" else "run_id"
+            sizes = " + ".join(f"COALESCE(length(CAST({c} AS BLOB)), 0)" for c in columns)
+            count, size = connection.exec_driver_sql(
+                f"SELECT COUNT(*), COALESCE(SUM({sizes}), 0) FROM {table} WHERE {key} IN ({marks})", chunk
+            ).one()
+            pruned.bytes += int(size)
+            if table != "run":
+                name = _PRUNED_COUNTS[table]
+                setattr(pruned, name, getattr(pruned, name) + int(count))
+        for table in ("checkpoints", "writes"):
+            if table in tables:
+                pruned.checkpoints += int(
+                    connection.exec_driver_sql(
+                        f"SELECT COUNT(*) FROM {table} WHERE thread_id IN ({marks})", chunk
+                    ).scalar_one()
+                )
+        unfinished = (
+            f"SELECT ticket.id FROM ticket JOIN run ON run.id = ticket.run_id WHERE ticket.run_id IN ({marks}) "
+            "AND run.status NOT IN ('done', 'failed')"
+        )
+        tickets = [r[0] for r in connection.exec_driver_sql(unfinished, chunk)]
+        pruned.tickets_failed += len(tickets)
+        if dry_run:
+            continue
+        if tickets:
+            connection.exec_driver_sql(
+                f"UPDATE ticket SET status = 'failed', run_id = NULL, updated_at = ?, error = "
+                f"'its run was pruned before it finished: triage the ticket again' "
+                f"WHERE id IN ({', '.join('?' * len(tickets))})",
+                (_sqlite_value(now()), *tickets),
+            )
+        for table in ("modelcall", "escalation", "review", "step"):  # children first: foreign keys
+            connection.exec_driver_sql(f"DELETE FROM {table} WHERE run_id IN ({marks})", chunk)
+        for table in ("checkpoints", "writes"):
+            if table in tables:
+                connection.exec_driver_sql(f"DELETE FROM {table} WHERE thread_id IN ({marks})", chunk)
+        connection.exec_driver_sql(f"DELETE FROM run WHERE id IN ({marks})", chunk)
+    return pruned
 
 
 class StoreLedger:
