@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,18 +74,32 @@ def busy_seconds(calls: list[Any]) -> float:
     return total
 
 
-ENTITY_FIELDS = {"order_id", "invoice_id", "account_type", "person_name", "delivery_city"}
+def whole_words(text: str, value: str) -> str:
+    """The gold value widened to the whole words it sits in: Bitext labels "4587345" inside
+    "00004587345" (and "3707955617" inside "370795561790"); the customer's order number is the
+    whole number."""
+    at = text.casefold().find(value.casefold())
+    if at < 0:
+        return value
+    start, end = at, at + len(value)
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "-_"):
+        start -= 1
+    while end < len(text) and (text[end].isalnum() or text[end] in "-_"):
+        end += 1
+    return text[start:end]
 
 
 def _norm(value: object) -> str:
     return " ".join(str(value).casefold().split())
 
 
-def correct(name: str, output: object, truth: dict[str, str], rules: dict[str, str]) -> bool | None:
+def correct(
+    name: str, output: object, truth: dict[str, str], rules: dict[str, str], fields: Iterable[str] = ()
+) -> bool | None:
     """Whether a field's answer is right where the data says (None where it cannot say):
     labels against Bitext's; priority against the configured rule for the gold intent; entities,
-    the gold entity's field by exact match after case and space normalisation; a reply, by its
-    knowledge item's intent."""
+    the gold entity's field (when configured) by exact match after case and space normalisation,
+    the gold widened to whole words; a reply, by its knowledge item's intent."""
     if not isinstance(output, dict):
         return None  # no answer (it waits on another field, or the model gave none): nothing to score
     if name in ("category", "intent"):
@@ -94,9 +109,9 @@ def correct(name: str, output: object, truth: dict[str, str], rules: dict[str, s
         return None if expected is None else output.get("label") == expected
     if name == "entities":
         field = truth["entity_type"]
-        if field not in ENTITY_FIELDS or not truth["entity_value"]:
-            return None
-        return _norm(output.get(field) or "") == _norm(truth["entity_value"])
+        if field not in fields or not truth["entity_value"]:
+            return None  # no gold, or a field this configuration does not extract
+        return _norm(output.get(field) or "") == _norm(whole_words(truth["instruction"], truth["entity_value"]))
     if name == "reply":
         used = output.get("knowledge") or []
         return bool(used) and str(used[0]).split(":")[1:2] == [truth["intent"]]
@@ -168,7 +183,7 @@ async def main(
             field = fields.get(name) or {}
             if field.get("status") == "done" and field.get("answered_by") == "specialist":
                 local[name] += 1
-            right = correct(name, field.get("output"), truth, settings_rules)
+            right = correct(name, field.get("output"), truth, settings_rules, settings.tickets.entities)
             if right is not None and field.get("answered_by") in ("specialist", None):
                 confidence = float(field.get("confidence") or 0.0)
                 scored[name].append(
