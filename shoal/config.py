@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shoal.errors import ConfigError
 from shoal.models.base import ModelRef, RetryPolicy
+from shoal.privacy import PrivacySettings
 from shoal.tickets.settings import BITEXT_CATEGORIES, TicketSettings
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
@@ -118,6 +119,8 @@ class Settings(_Section):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    # what is withheld from the frontier: emails, phones, cards, IBANs, configured patterns
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
     # the task graph's general-purpose classifier; the shipped default is Bitext's taxonomy

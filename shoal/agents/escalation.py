@@ -14,14 +14,17 @@ then turns the answer into the final result.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shoal.errors import ModelError
-from shoal.models.base import ModelRef
+from shoal.errors import ModelError, SchemaValidationError
+from shoal.models.base import ChatRequest, Message, ModelRef, Reply
+from shoal.models.router import ModelRouter, Recorder
+from shoal.privacy import PLACEHOLDER_NOTE, PrivacySettings, Redaction, Redactor
 from shoal.specialists.base import Result, Signal, Specialist
 from shoal.status import AnsweredBy, EscalationOutcome, LadderStatus
 from shoal.status import Rung as Rung  # re-exported: the ladder's rungs were first defined here
@@ -39,6 +42,9 @@ class Escalation(BaseModel):
     cost_usd: float = 0.0
     outcome: EscalationOutcome
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # kind -> how many values were withheld from the frontier on this rung (never the values):
+    # {} when [privacy] found nothing to withhold, None when it was off or nothing was sent
+    redacted: dict[str, int] | None = None
 
 
 class LadderConfig(BaseModel):
@@ -53,6 +59,9 @@ class LadderConfig(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="the frontier's answer is trusted above this"
     )
     human: bool = True
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings, description="what is withheld from the frontier (on by default)"
+    )
 
 
 class SpendLedger(Protocol):
@@ -135,6 +144,7 @@ class Ladder:
         self.config = config
         self.budget = budget or Budget()
         self.on_escalation = on_escalation
+        self.redactor = Redactor.from_settings(config.privacy)
         if config.frontier is not None:
             ModelRef.parse(config.frontier)
 
@@ -203,7 +213,7 @@ class Ladder:
                 )
                 why = f"{why}; {refusal}"
             else:
-                upper = await self._frontier(specialist, data)
+                upper, redacted = await self._frontier(specialist, data)
                 await self.budget.charge(upper.cost_usd)
                 trusted = upper.ok and upper.confidence >= self.config.frontier_min_confidence
                 await self._record(
@@ -217,6 +227,7 @@ class Ladder:
                         model=self.config.frontier,
                         cost_usd=upper.cost_usd,
                         outcome=EscalationOutcome.ACCEPTED if trusted else EscalationOutcome.REJECTED,
+                        redacted=redacted,
                     ),
                 )
                 if trusted:
@@ -281,10 +292,22 @@ class Ladder:
             }
         )
 
-    async def _frontier(self, specialist: Specialist[Any, Out], data: Any) -> Result[Out]:
+    async def _frontier(self, specialist: Specialist[Any, Out], data: Any) -> tuple[Result[Out], dict[str, int] | None]:
+        """The frontier's answer, and how many values of each kind were withheld from it.
+
+        With `[privacy]` on, the specialist runs on a copy whose router redacts every prompt
+        it sends and restores the reply before the specialist judges it: the judge (grounding
+        included) reads the original input and the restored answer."""
         assert self.config.frontier is not None
+        asking = specialist
+        redaction = None
+        if self.redactor is not None:
+            redaction = self.redactor.session()
+            asking = copy.copy(specialist)
+            asking.router = RedactingRouter(specialist.router, redaction)
         try:
-            return await specialist.run(data, model=self.config.frontier)
+            result = await asking.run(data, model=self.config.frontier)
+            return result, None if redaction is None else redaction.counts
         except ModelError as exc:  # an unreachable frontier is a rung that failed, not a crash
             return Result[Out](
                 specialist=specialist.name,
@@ -293,7 +316,41 @@ class Ladder:
                 confidence=0.0,
                 evidence=[Signal(name="frontier", value=0.0, detail=str(exc))],
                 error=str(exc),
-            )
+            ), None if redaction is None else redaction.counts
+
+
+class RedactingRouter(ModelRouter):
+    """A router that withholds private values from every chat request it sends (placeholders
+    instead) and puts them back into the reply. Its backends are the inner router's; the calls
+    it records hold the redacted prompt and the reply as the model gave it, so a stored frontier
+    call keeps no withheld value either."""
+
+    def __init__(self, inner: ModelRouter, redaction: Redaction) -> None:
+        super().__init__(inner.backend, inner.recorder)
+        self.redaction = redaction
+
+    async def chat(self, ref: ModelRef | str, request: ChatRequest, *, recorder: Recorder | None = None) -> Reply:
+        redaction = self.redaction
+        texts = redaction.redact_all([m.content for m in request.messages])
+        messages = [m.model_copy(update={"content": t}) for m, t in zip(request.messages, texts, strict=True)]
+        if redaction.originals:
+            if messages[0].role == "system":
+                messages[0] = messages[0].model_copy(update={"content": f"{messages[0].content}\n{PLACEHOLDER_NOTE}"})
+            else:
+                messages.insert(0, Message(role="system", content=PLACEHOLDER_NOTE))
+        reply = await super().chat(ref, request.model_copy(update={"messages": messages}), recorder=recorder)
+        if not redaction.originals:
+            return reply
+        try:
+            parsed = None if reply.parsed is None else redaction.restore_model(reply.parsed)
+        except ValueError as exc:  # a restored value breaks the schema (e.g. its max_length)
+            raise SchemaValidationError(
+                f"the answer does not validate once its withheld values are put back: {exc}",
+                raw_text=reply.text,
+                model=reply.ref,
+            ) from None
+        # token log-probabilities stay as generated (they spell the placeholders)
+        return reply.model_copy(update={"text": redaction.restore_text(reply.text), "parsed": parsed})
 
 
 def answer_by_human(outcome: Outcome[Out], answer: Out, *, who: str = "a person") -> Outcome[Out]:

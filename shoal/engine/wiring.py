@@ -181,6 +181,7 @@ class Wiring:
                 frontier=self.settings.frontier_model,
                 frontier_unavailable=self._frontier_unavailable(),
                 human=e.human,
+                privacy=self.settings.privacy,
             )
         return self._ladders[key]
 

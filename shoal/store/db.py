@@ -91,11 +91,20 @@ def _v4(connection: Any) -> None:
     )
 
 
+def _v5(connection: Any) -> None:
+    # Frozen. What [privacy] withheld from the frontier on each rung: kind -> count, as JSON.
+    # Version 1 builds the escalation table from today's model, so it may have the column already.
+    columns = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(escalation)")}
+    if "redacted" not in columns:
+        connection.exec_driver_sql("ALTER TABLE escalation ADD COLUMN redacted JSON")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
     (1, "runs, steps, model calls, escalations, reviews", _v1),
     (2, "tickets of triage batches", _v2),
     (3, "embedding cache, labelled examples, trained heads", _v3),
     (4, "tickets keyed within their source; frontier spend recorded when paid", _v4),
+    (5, "escalations record what kinds of value were withheld from the frontier", _v5),
 ]
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String
+from sqlalchemy import JSON, Index, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, UniqueConstraint
@@ -124,6 +124,8 @@ class EscalationRow(SQLModel, table=True):
     cost_usd: float = 0.0
     outcome: EscalationOutcome = Field(sa_type=EnumText(EscalationOutcome))
     at: datetime = Field(default_factory=now, index=True)
+    # kind -> how many values [privacy] withheld from the frontier (JSON; never the values)
+    redacted: dict[str, int] | None = Field(default=None, sa_type=JSON)
 
 
 class Review(SQLModel, table=True):
