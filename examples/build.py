@@ -7,7 +7,8 @@
 Writes:
 
 - `shoal/tickets/replies.jsonl`: the built-in knowledge base (one reply per Bitext intent, with
-  only the placeholders the default settings fill from entities, and ten customer messages each), used when `[tickets.knowledge] path` is unset;
+  only the placeholders the default settings fill from entities, and ten customer messages
+  each), used when `[tickets.knowledge] path` is unset;
 - `examples/knowledge/replies.jsonl`: the example knowledge base (up to five replies per intent,
   each with the customer message it answered), whose placeholders `examples/shoal.toml` fills;
 - `examples/heads/category.npz`, `examples/heads/intent.npz`: trained heads on

@@ -118,7 +118,13 @@ async def test_summarizer_on_a_bitext_response(router: ModelRouter) -> None:
             assert result.confidence == 0.0 and result.error
             continue
         assert result.output is not None and result.output.summary
-        assert {s.name for s in result.evidence} == {"numbers", "names", "content_words", "says_what_source_says", "length"}
+        assert {s.name for s in result.evidence} == {
+            "numbers",
+            "names",
+            "content_words",
+            "says_what_source_says",
+            "length",
+        }
 
 
 async def test_summarizer_penalises_invented_numbers() -> None:

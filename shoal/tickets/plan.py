@@ -3,8 +3,8 @@
 Per ticket, in parallel: category and intent (classifiers), entities (extractor) and a
 one-line summary (summarizer); priority once the intent is known (the team's rules go by
 intent), and a first reply (`ReplyDrafter`) once intent and entities are (it is chosen by the
-one and filled from the other); then a queue chosen by the routing rules in `[tickets]`. Every step goes through its confidence gate and the
-escalation ladder like any other.
+one and filled from the other); then a queue chosen by the routing rules in `[tickets]`.
+Every step goes through its confidence gate and the escalation ladder like any other.
 """
 
 from __future__ import annotations
