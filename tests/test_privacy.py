@@ -329,6 +329,11 @@ async def test_an_engine_run_stores_the_kinds_and_no_value(
     calls = store.model_calls(report.run_id)
     sent = [c for c in calls if c.model == FRONTIER]
     assert sent and all(email not in c.request_json and "7946" not in c.request_json for c in sent)
+    # what `shoal show` and the TUI say of the rung: the kinds withheld, never the values
+    from shoal.engine.views import run_detail
+
+    (line,) = run_detail(store, report.run_id).escalations
+    assert line.explained.endswith("withheld from the frontier: 1 email, 1 phone")
 
 
 def test_a_version_4_database_gets_the_redacted_column(tmp_path: Path) -> None:

@@ -184,7 +184,7 @@ def print_run(detail: RunDetail, with_calls: bool) -> None:
                 score(e.confidence_after),
                 literal(e.model or "-"),
                 f"${e.cost_usd:.4f}",
-                literal(e.reason),
+                literal(e.explained),
             )
         console.print(grid)
     grid = table("model calls")

@@ -104,6 +104,16 @@ class EscalationLine(BaseModel):
     model: str | None = None
     cost_usd: float = 0.0
     reason: str = ""
+    redacted: str | None = None  # JSON: kind -> how many values were withheld from the frontier
+
+    @property
+    def explained(self) -> str:
+        """The reason, and what the frontier was not shown (kinds and counts, never values)."""
+        kinds = json.loads(self.redacted) if self.redacted else {}
+        if not kinds:
+            return self.reason
+        withheld = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        return f"{self.reason}; withheld from the frontier: {withheld}"
 
 
 class CallLine(BaseModel):

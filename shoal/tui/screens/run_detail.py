@@ -86,7 +86,7 @@ class RunScreen(ShoalScreen):
             for item in (e for e in detail.escalations if e.step_id == step.step_id):
                 after = "-" if item.confidence_after is None else f"{item.confidence_after:.2f}"
                 rung = f"↑ {item.rung} {item.outcome} {item.confidence_before:.2f}→{after} ${item.cost_usd:.4f}"
-                node.add_leaf(label(f"{rung}: {item.reason}"))
+                node.add_leaf(label(f"{rung}: {item.explained}"))
         calls = self.query_one("#calls", DataTable)
         calls.clear()
         for call in detail.calls:
