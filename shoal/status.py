@@ -37,11 +37,14 @@ class RunStatus(StrEnum):
 
 
 class StepStatus(StrEnum):
-    """A plan step (`step.status`): waiting = its answer waits on a person's review."""
+    """A plan step (`step.status`): waiting = its answer waits on a person's review; pending =
+    not started, because a step it reads waits (never stored on a step row: a ticket's field
+    shows it, e.g. the reply while the intent waits for a person)."""
 
     DONE = "done"
     WAITING = "waiting"
     FAILED = "failed"
+    PENDING = "pending"
 
 
 class TicketStatus(StrEnum):

@@ -62,3 +62,32 @@ async def test_the_ticket_workflow_applies_the_rules(tmp_path: Path) -> None:
         (outcome,) = await shoal.triage([TicketRow(key="C", line=1, text="your service is a disgrace")])
     assert outcome.fields["priority"]["output"]["label"] == "high"
     assert not any("urgently" in m.content for r in backend.requests for m in r.messages)  # never prompted
+
+
+async def test_fields_that_wait_for_the_intent_are_pending(tmp_path: Path) -> None:
+    def answer(request: Any) -> str:
+        schema = request.output_schema
+        labels = schema.model_json_schema().get("properties", {}).get("label", {}).get("enum", [])
+        return {
+            "Label": json.dumps({"label": (labels or ["?"])[0]}),
+            "TicketEntities": "{}",
+            "Summary": '{"summary": "x", "key_points": []}',
+        }[schema.__name__]
+
+    settings = Settings.load(env={"SHOAL_DB": str(tmp_path / "shoal.db")})
+    settings.specialists = {name: SpecialistSettings(threshold=0.0) for name in FIELDS}
+    settings.specialists["intent"] = SpecialistSettings(threshold=1.0)  # the intent waits for a person
+    settings.frontier_model = None
+    backend = ScriptedBackend(answer)
+    async with Shoal(settings, router=ModelRouter(lambda _: backend)) as shoal:
+        (outcome,) = await shoal.triage([TicketRow(key="P", line=1, text="where is my parcel")])
+        assert outcome.status == "waiting" and set(outcome.fields) == set(FIELDS)
+        for name in ("priority", "reply"):
+            assert outcome.fields[name] == {
+                "output": None,
+                "confidence": None,
+                "answered_by": None,
+                "status": "pending",
+            }
+        ticket = shoal.store.get_ticket("", "P")
+        assert ticket is not None and set(json.loads(ticket.result_json or "{}")) == set(FIELDS)

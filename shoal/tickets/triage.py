@@ -58,8 +58,10 @@ class Runs(Protocol):
 
 
 def ticket_fields(steps: Iterable[Step]) -> dict[str, dict[str, Any]]:
-    """A ticket's fields from its step rows: output, confidence, who answered, status."""
-    return {
+    """A ticket's fields from its step rows: output, confidence, who answered, status. A field
+    not started yet (it reads one that waits for a person) is there too, pending, so every
+    ticket has every field."""
+    found = {
         step.step_id: {
             # a waiting field keeps the models' best answer; its status says nobody vouched for it yet
             "output": json.loads(step.output_json) if step.output_json else None,
@@ -69,6 +71,8 @@ def ticket_fields(steps: Iterable[Step]) -> dict[str, dict[str, Any]]:
         }
         for step in steps
     }
+    pending = {"output": None, "confidence": None, "answered_by": None, "status": StepStatus.PENDING}
+    return {step["id"]: found.get(step["id"], dict(pending)) for step in TICKET_PLAN["steps"]} | found
 
 
 class TicketDesk:
