@@ -5,7 +5,8 @@ One module per group of commands:
 
 - `reading`: `runs`, `show`, `heads` and the review list; no engine, no LangGraph (quick start)
 - `reviewing`: `review` (list, show one, answer)
-- `working`: `ask`, `run`, `resume`, `triage`, `tui`
+- `working`: `ask`, `run`, `resume`, `triage`
+- here: `tui`, the one command that loads Textual (lazily, so no other command pays for it)
 - `learning`: `eval`, `train`
 - `backends`: `models`, `models pull`
 - `maintenance`: `prune`
@@ -25,7 +26,7 @@ import typer
 from rich.text import Text
 
 from shoal.cli import backends, learning, maintenance, reading, reviewing, working
-from shoal.cli.common import err
+from shoal.cli.common import ConfigOption, err, settings
 from shoal.cli.working import fields_model
 from shoal.errors import ShoalError
 
@@ -39,12 +40,19 @@ app = typer.Typer(
 for command in (working.ask, working.run, working.resume, reading.runs, reading.show, reviewing.review):
     app.command()(command)
 app.command()(working.triage)
-app.command()(working.tui)
 app.command("eval")(learning.eval_)
 app.command()(learning.train)
 app.command()(reading.heads)
 app.command()(maintenance.prune)
 app.add_typer(backends.models_app, name="models")
+
+
+@app.command()
+def tui(config: ConfigOption = None) -> None:
+    """Open the terminal UI: live runs, a run's steps and calls, the review queue."""
+    from shoal.tui.app import ShoalApp  # Textual loads only here
+
+    ShoalApp(settings(config)).run()
 
 
 def print_error(exc: ShoalError) -> None:

@@ -1,4 +1,4 @@
-"""Commands that make models work: `ask`, `run`, `resume`, `triage`, `tui`."""
+"""Commands that make models work: `ask`, `run`, `resume`, `triage`."""
 
 from __future__ import annotations
 
@@ -256,10 +256,3 @@ def print_triage_summary(file: Path, n: int, stored: dict[TicketStatus, int], co
     )
     if stored.get(TicketStatus.WAITING):
         say("answer the waiting ones with `shoal review`", soft_wrap=True)
-
-
-def tui(config: ConfigOption = None) -> None:
-    """Open the terminal UI: live runs, a run's steps and calls, the review queue."""
-    from shoal.tui.app import ShoalApp  # Textual loads only here
-
-    ShoalApp(settings(config)).run()

@@ -164,10 +164,8 @@ class HeadDesk:
             force=force,
             progress=progress,
         )
-        chosen = self.settings.specialists.get(key, SpecialistSettings())
-        if report.activated and chosen.head is None and chosen.mode != "prompt":
+        if self._takes_new_head(key, report):
             classifier.use_head(head, self.embedder(key))
-            self._attached.add(key)
         return report
 
     async def _train_spans(
@@ -193,11 +191,18 @@ class HeadDesk:
             force=force,
             progress=progress,
         )
-        chosen = self.settings.specialists.get(key, SpecialistSettings())
-        if report.activated and chosen.head is None and chosen.mode != "prompt":
+        if self._takes_new_head(key, report):
             extractor.use_span_head(head, self.token_reader(key))
-            self._attached.add(key)
         return report
+
+    def _takes_new_head(self, key: str, report: TrainReport) -> bool:
+        """Whether this process answers with the head just trained: it was activated, and the
+        settings neither pin a head file nor ask for prompting. Marks `key` attached if so."""
+        chosen = self.settings.specialists.get(key, SpecialistSettings())
+        if not report.activated or chosen.head is not None or chosen.mode == "prompt":
+            return False
+        self._attached.add(key)
+        return True
 
     def summaries(self) -> list[HeadSummary]:
         """Every trained head, for `shoal models` and the TUI (the view `shoal heads` prints)."""
