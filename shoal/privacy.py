@@ -9,8 +9,9 @@ were replaced (`Redaction.counts`), never the values.
 
 Detectors err on the side of what is plainly personal: a bare run of digits such as the order
 id `70012345` is not a phone number (a phone needs a `+`, parentheses or separators in a phone's
-shape); a card number must pass the Luhn check and an IBAN its mod-97 check, so most long
-numbers (order ids, tracking numbers) go through untouched.
+shape); a card number must start with a card network's issuer prefix and pass the Luhn check,
+and an IBAN its mod-97 check, so most long numbers (order ids, tracking numbers) go through
+untouched.
 """
 
 from __future__ import annotations
@@ -107,9 +108,16 @@ def _digits(text: str) -> str:
     return re.sub(r"\D", "", text)
 
 
+# Issuer prefixes of the card networks (Visa 4; Mastercard 51-55 and 2221-2720; Amex, Diners,
+# JCB 3; Discover, UnionPay, Maestro 5-6). One random long number in ten passes Luhn, so an
+# order id would often be taken for a card without this; with it, far fewer are.
+_ISSUER = re.compile(r"[3-6]|222[1-9]|22[3-9]\d|2[3-6]\d\d|27[01]\d|2720")
+
+
 def _card(match: re.Match[str]) -> str | None:
     digits = _digits(match.group())
-    return match.group() if 13 <= len(digits) <= 19 and luhn_ok(digits) else None
+    ok = 13 <= len(digits) <= 19 and _ISSUER.match(digits) is not None and luhn_ok(digits)
+    return match.group() if ok else None
 
 
 def _iban(match: re.Match[str]) -> str | None:

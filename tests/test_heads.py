@@ -22,6 +22,7 @@ from shoal.models.base import ChatRequest
 from shoal.models.embeddings import Embedder, text_key
 from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
+from shoal.privacy import Redactor
 from shoal.specialists.classifier import Classifier, TextInput
 from shoal.specialists.heads import TrainedHead
 from shoal.store import Store
@@ -237,10 +238,13 @@ async def test_clinc150_head_beats_prompting_and_knows_when_it_is_out_of_scope(t
 
 
 def oracle_backend(truth: dict[str, str]) -> ScriptedBackend:
-    """The frontier: knows every gold label (so its answers are what a person would give)."""
+    """The frontier: knows every gold label (so its answers are what a person would give). It sees
+    texts as the privacy redactor sends them, so it knows them in that form too."""
+    redactor = Redactor()
+    shown = {redactor.redact(text)[0]: label for text, label in truth.items()}
 
     def answer(request: ChatRequest) -> str:
-        return json.dumps({"label": truth[request.messages[-1].content]})
+        return json.dumps({"label": shown[request.messages[-1].content]})
 
     return ScriptedBackend(answer)
 

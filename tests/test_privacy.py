@@ -77,6 +77,7 @@ def test_each_kind_is_found(text: str, kind: str, value: str) -> None:
         "tracking 1Z999AA10123456784, ref 123456789012",
         "card 4111 1111 1111 1112 (a typo: fails Luhn)",
         "not a card 1234 5678 9012 3456",
+        "how can I cancel purchase 113542617735902?",  # passes Luhn, but no card network starts with 1
         "iban DE89370400440532013001 (fails mod 97)",
         "on 2024-01-15 at 12:30 we paid 1 000 000 and 1234.56 EUR",
         "version 10.0.19045 and a@b.c",
