@@ -20,6 +20,7 @@ from typing import Any, Literal
 from platformdirs import user_config_path, user_data_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shoal.dburl import is_url
 from shoal.errors import ConfigError
 from shoal.models.base import ModelRef, RetryPolicy
 from shoal.privacy import PrivacySettings
@@ -113,7 +114,8 @@ class SpecialistSettings(_Section):
 class Settings(_Section):
     default_model: str = DEFAULT_MODEL
     frontier_model: str | None = "openai:gpt-4o-mini"
-    db_path: Path = Field(default_factory=lambda: user_data_path("shoal") / "shoal.db")
+    # a SQLite file, or a PostgreSQL server's postgresql:// URL (many workers on many machines)
+    db_path: Path | str = Field(default_factory=lambda: user_data_path("shoal") / "shoal.db")
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
@@ -131,6 +133,12 @@ class Settings(_Section):
     # LangGraph checkpoint durability; finished steps are crash-safe in shoal's own rows either way
     durability: Literal["exit", "async", "sync"] = "exit"
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("db_path")
+    @classmethod
+    def _db_location(cls, value: Path | str) -> Path | str:
+        # a URL stays text (a Path would fold its `//`); anything else is a file's path
+        return value if is_url(value) else Path(value)
 
     @field_validator("default_model", "frontier_model")
     @classmethod

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 __all__ = [
     "AnsweredBy",
+    "DeliveryStatus",
     "EscalationOutcome",
     "LadderStatus",
     "ReviewStatus",
@@ -21,6 +22,9 @@ __all__ = [
     "Rung",
     "StepStatus",
     "TicketStatus",
+    "WorkKind",
+    "WorkStatus",
+    "WorkerStatus",
 ]
 
 
@@ -102,4 +106,41 @@ class LadderStatus(StrEnum):
     ACCEPTED = "accepted"
     ESCALATED = "escalated"
     NEEDS_HUMAN = "needs_human"
+    FAILED = "failed"
+
+
+class WorkKind(StrEnum):
+    """An item of the work queue (`work.kind`): a ticket to triage, or a run to resume (a person
+    answered its review, or its worker died)."""
+
+    TICKET = "ticket"
+    RESUME = "resume"
+
+
+class WorkStatus(StrEnum):
+    """A work item (`work.status`): queued until a worker leases it; leased while one works on it
+    (the lease expires if that worker dies, and the item is queued again); done; failed after too
+    many attempts."""
+
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class WorkerStatus(StrEnum):
+    """A worker process (`worker.status`): idle or busy while alive; stopped once it left cleanly
+    (one that died stays busy or idle with a heartbeat that grows old)."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPED = "stopped"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery (`webhook_delivery.status`): pending until the receiver answers 2xx
+    (retried with backoff meanwhile); delivered; failed after the last attempt."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
     FAILED = "failed"

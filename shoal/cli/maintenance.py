@@ -87,7 +87,7 @@ def prune(
     shoal = engine(config)
     try:
         store = shoal.store
-        before = store.file_bytes()
+        before = store.size_bytes()
         pruned = shoal.prune(chosen, older_than=delta, dry_run=dry_run)
         days = shoal.settings.store.retention_days
         when = f"last touched over {older_than} ago" if older_than is not None else f"older than {days:g} days"
@@ -108,11 +108,17 @@ def prune(
             return
         if vacuum:
             _, after = store.vacuum()
-            console.print(f"{store.path}: {size(before)} -> {size(after)} ({size(before - after)} freed)")
+            console.print(f"{store.where}: {size(before)} -> {size(after)} ({size(before - after)} freed)")
+        elif store.path is not None:
+            console.print(
+                f"{store.where} keeps its size ({size(before)}): SQLite reuses the freed space. To give it back "
+                f"to the disk, run `sqlite3 {store.path} VACUUM` while nothing else uses the file",
+                soft_wrap=True,
+            )
         else:
             console.print(
-                f"{store.path} keeps its size ({size(before)}): SQLite reuses the freed space. To give it back "
-                f"to the disk, run `sqlite3 {store.path} VACUUM` while nothing else uses the file",
+                f"{store.where} keeps its size ({size(before)}): PostgreSQL reuses the freed space; "
+                "`shoal prune --vacuum` (VACUUM FULL) gives it back to the disk",
                 soft_wrap=True,
             )
     finally:

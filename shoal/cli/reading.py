@@ -61,7 +61,7 @@ def free(grid: Table, *headers: str, ratio: int = 1) -> None:
         grid.add_column(header, overflow="fold", ratio=ratio, min_width=len(header))
 
 
-def db_path(config: Path | None) -> Path:
+def db_path(config: Path | None) -> Path | str:
     return settings(config).db_path
 
 

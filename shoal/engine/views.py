@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
 from pydantic import BaseModel, Field
 
+from shoal.dburl import is_url, libpq_url, redact_url
 from shoal.engine.reports import HeadSummary
 from shoal.errors import StoreError
 from shoal.status import AnsweredBy, EscalationOutcome, ReviewStatus, Rung, RunStatus, StepStatus, TicketStatus
@@ -153,28 +154,92 @@ R = TypeVar("R")
 BUSY_TIMEOUT_S = 30.0  # as long as the store's own connections wait for a writer's lock
 
 
-def read(db: Store | Path, query: Callable[[sqlite3.Connection], R]) -> R:
-    """`query` run on a plain, query-only `sqlite3` connection to the store's file."""
-    path = db if isinstance(db, Path) else db.path
-    if path.is_file():
+class ReadConnection(Protocol):
+    """What a view's query is given: a read-only DB-API connection to the store's database whose
+    `execute` takes `?` placeholders (sqlite3's own; PostgreSQL's are translated)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+
+Location = Union["Store", Path, str]
+
+
+def read(db: Location, query: Callable[[ReadConnection], R]) -> R:
+    """`query` run on a plain, read-only connection to the store's database: the standard
+    library's `sqlite3` on a file, psycopg on a `postgresql://` URL."""
+    where = _location(db)
+    if isinstance(where, str):
+        return _read_postgres(where, query)
+    if where.is_file():
         try:
-            return _query(path, query)
+            return _query(where, query)
         except sqlite3.OperationalError as exc:
             if "no such" not in str(exc):  # not a missing table or column: a locked or broken file
-                raise StoreError(f"cannot read the database {path}: {exc}") from None
+                raise StoreError(f"cannot read the database {where}: {exc}") from None
     from shoal.store.db import Store  # creates or migrates the file, or refuses one from a newer shoal
 
-    Store(path).close()
-    return _query(path, query)
+    Store(where).close()
+    return _query(where, query)
 
 
-def _query(path: Path, query: Callable[[sqlite3.Connection], R]) -> R:
+def _location(db: Location) -> Path | str:
+    if isinstance(db, str):
+        return db if is_url(db) else Path(db)
+    if isinstance(db, Path):
+        return db
+    if db.url is not None:
+        return db.url
+    assert db.path is not None
+    return db.path
+
+
+def shown(db: Location) -> str:
+    """The database as a message names it (a URL without its password)."""
+    where = _location(db)
+    if isinstance(where, Path):
+        return str(where)
+    return redact_url(where)
+
+
+def _query(path: Path, query: Callable[[ReadConnection], R]) -> R:
     with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as connection:
         connection.execute("PRAGMA query_only = ON")
         return query(connection)
 
 
-def _rows(connection: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+class _Postgres:
+    """A psycopg connection taking sqlite3's `?` placeholders (the views' SQL has no `%`)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        return self.connection.execute(sql.replace("?", "%s"), list(parameters))
+
+
+def _read_postgres(url: str, query: Callable[[ReadConnection], R]) -> R:
+    import psycopg  # the `postgres` extra; only a Postgres store reads through it
+
+    from shoal.store.db import Store
+
+    def attempt() -> R:
+        options = "-c default_transaction_read_only=on -c timezone=UTC"
+        with psycopg.connect(libpq_url(url), options=options, connect_timeout=10) as connection:
+            return query(_Postgres(connection))
+
+    try:
+        return attempt()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        Store(url).close()  # a database shoal never opened, or one of an older version: migrate it
+        return attempt()
+    except psycopg.OperationalError as exc:
+        raise StoreError(
+            f"cannot read the database {redact_url(url)}: {str(exc).strip().splitlines()[0]}. "
+            "Check that the server runs and the URL in SHOAL_DB or db_path"
+        ) from None
+
+
+def _rows(connection: ReadConnection, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
     cursor = connection.execute(sql, params)
     names = [d[0] for d in cursor.description]
     for row in cursor:
@@ -195,14 +260,14 @@ _ESCALATION = ", ".join(EscalationLine.model_fields)
 _CALL = ", ".join(CallLine.model_fields)
 
 
-def run_summaries(db: Store | Path, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
+def run_summaries(db: Location, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
     """The newest runs first, optionally only those with `status`."""
     where, params = ("WHERE status = ?", [_status(status).value]) if status is not None else ("", [])
     sql = f"SELECT {_RUN} FROM run {where} ORDER BY created_at DESC LIMIT ?"
     return read(db, lambda c: [RunSummary.model_validate(row) for row in _rows(c, sql, [*params, limit])])
 
 
-def find_run(connection: sqlite3.Connection, prefix: str, where: Path) -> RunSummary:
+def find_run(connection: ReadConnection, prefix: str, where: str) -> RunSummary:
     """A run by id or unique id prefix (as git takes commit ids); `%` and `_` are characters."""
     found = list(_rows(connection, f"SELECT {_RUN} FROM run WHERE id = ?", [prefix]))
     if not found:
@@ -215,12 +280,11 @@ def find_run(connection: sqlite3.Connection, prefix: str, where: Path) -> RunSum
     return RunSummary.model_validate(found[0])
 
 
-def run_detail(db: Store | Path, run_id: str) -> RunDetail:
+def run_detail(db: Location, run_id: str) -> RunDetail:
     """A run (by id or unique prefix; `%` and `_` are literal) with its steps, escalations and calls."""
-    path = db if isinstance(db, Path) else db.path
 
-    def query(connection: sqlite3.Connection) -> RunDetail:
-        run = find_run(connection, run_id, path)
+    def query(connection: ReadConnection) -> RunDetail:
+        run = find_run(connection, run_id, shown(db))
         of_run = [run.id]
         steps = [
             StepLine.model_validate({**row, "evidence": evidence(json.loads(row["evidence"] or "[]"))})
@@ -271,7 +335,7 @@ def distinct_reasons(reasons: Iterable[str]) -> list[str]:
     return [part for part in parts if not any(part != other and part in other for other in parts)]
 
 
-def review_lines(db: Store | Path) -> list[ReviewLine]:
+def review_lines(db: Location) -> list[ReviewLine]:
     """The reviews waiting for a person, oldest first, each with its ticket's id when it has one."""
     sql = (
         "SELECT id, run_id, step_id, specialist, question_json, "
@@ -294,14 +358,14 @@ def review_lines(db: Store | Path) -> list[ReviewLine]:
     return read(db, lambda c: [line(row) for row in _rows(c, sql, [ReviewStatus.PENDING.value])])
 
 
-def ticket_of_run(db: Store | Path, run_id: str) -> str | None:
+def ticket_of_run(db: Location, run_id: str) -> str | None:
     """The id (in its export) of the ticket a run triaged; None for a task run."""
     sql = "SELECT key FROM ticket WHERE run_id = ? LIMIT 1"
     found = read(db, lambda c: c.execute(sql, [run_id]).fetchone())
     return None if found is None else str(found[0])
 
 
-def head_summaries(db: Store | Path) -> list[HeadSummary]:
+def head_summaries(db: Location) -> list[HeadSummary]:
     """Every trained head, oldest version first (without its weights)."""
     sql = (
         "SELECT specialist, version, active, embed_model, labels_json, n_examples AS examples, created_at, "
@@ -316,11 +380,11 @@ def head_summaries(db: Store | Path) -> list[HeadSummary]:
     return read(db, lambda c: [summary(row) for row in _rows(c, sql)])
 
 
-def ticket_counts(db: Store | Path, source: str, keys: Sequence[str]) -> dict[TicketStatus, int]:
+def ticket_counts(db: Location, source: str, keys: Sequence[str]) -> dict[TicketStatus, int]:
     """How the tickets `keys` of the export `source` stand in the database, by status (a ticket
     not stored yet is not counted)."""
 
-    def query(connection: sqlite3.Connection) -> dict[TicketStatus, int]:
+    def query(connection: ReadConnection) -> dict[TicketStatus, int]:
         counts: dict[TicketStatus, int] = {}
         wanted = list(dict.fromkeys(keys))
         for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
@@ -347,7 +411,7 @@ class RunLine(RunSummary):
     reviews_pending: int = 0
 
 
-def run_lines(db: Store | Path, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
+def run_lines(db: Location, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
     """The newest runs first (optionally only those with `status`), each with its progress: plan
     steps done out of planned (the planner's own step not counted) and reviews still pending."""
     where, params = ("WHERE status = ?", [_status(status).value]) if status is not None else ("", [])

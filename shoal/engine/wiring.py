@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel, Field
 
@@ -22,6 +23,7 @@ from shoal.agents.escalation import Budget, LadderConfig
 from shoal.agents.memory import Approved, PlanMemory
 from shoal.agents.planner import DESCRIPTIONS, Planner
 from shoal.config import Settings
+from shoal.dburl import libpq_url
 from shoal.engine.heads import HeadDesk
 from shoal.graphs.task import TaskRuntime, build_task_graph, task_subgraph
 from shoal.models.router import ModelRouter
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 
 Specialists = dict[str, Specialist[Any, Any]]
 TASK = "task"
+
+
+# Any 64-bit number: the advisory lock under which one process sets LangGraph's tables up.
+CHECKPOINT_SETUP_LOCK = 0x5_40A1_0002
 
 
 class Entities(BaseModel):
@@ -116,7 +122,7 @@ class Wiring:
         self._tickets: Specialists | None = None
         self._exit = AsyncExitStack()
         self._graphs: dict[str, CompiledStateGraph[Any, Any, Any, Any]] = {}
-        self._saver: AsyncSqliteSaver | None = None
+        self._saver: BaseCheckpointSaver[Any] | None = None
         self._lock = asyncio.Lock()
 
     def ticket_specialists(self) -> Specialists:
@@ -229,7 +235,10 @@ class Wiring:
                 self._graphs[workflow] = build_task_graph().compile(checkpointer=self._saver, name=workflow)
             return self._graphs[workflow]
 
-    async def _checkpointer(self) -> AsyncSqliteSaver:
+    async def _checkpointer(self) -> BaseCheckpointSaver[Any]:
+        if self.store.url is not None:
+            return await self._postgres_checkpointer(libpq_url(self.store.url))
+        assert self.store.path is not None
         connecting = aiosqlite.connect(str(self.store.path), timeout=BUSY_TIMEOUT_MS / 1000)
         # aiosqlite's worker thread would keep a script that never calls aclose() alive after its
         # last await; as a daemon it does not (every write is awaited first)
@@ -241,6 +250,27 @@ class Wiring:
         await conn.execute("PRAGMA journal_mode=WAL")
         saver = AsyncSqliteSaver(conn)
         await saver.setup()
+        return saver
+
+    async def _postgres_checkpointer(self, url: str) -> BaseCheckpointSaver[Any]:
+        # imported here: only a Postgres store needs the `postgres` extra
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import AsyncConnection
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        options = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, max_size=4, kwargs=options, open=False)
+        await pool.open()
+        self._exit.push_async_callback(pool.close)
+        saver = AsyncPostgresSaver(pool)
+        # many workers start at once: one sets the checkpoint tables up while the others wait
+        async with await AsyncConnection.connect(url, autocommit=True) as lock:
+            await lock.execute("SELECT pg_advisory_lock(%s)", (CHECKPOINT_SETUP_LOCK,))
+            try:
+                await saver.setup()
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(%s)", (CHECKPOINT_SETUP_LOCK,))
         return saver
 
     def task_graph(self, checkpointer: Any = None) -> Any:

@@ -1,7 +1,10 @@
-"""One SQLite file: shoal's tables and LangGraph's checkpoints side by side.
+"""shoal's tables and LangGraph's checkpoints side by side, in one database: a SQLite file (the
+default: WAL and a busy timeout let several processes share it) or a PostgreSQL server
+(`SHOAL_DB=postgresql://...`, for many workers on many machines).
 
-WAL and a busy timeout let several processes share the file. Every write is one short
+Every write goes one way, SQLAlchemy Core statements on the store's one engine, as one short
 transaction opened and closed inside a plain function: nothing here awaits while holding one.
+Reads may use the ORM's sessions; nothing is written through them.
 """
 
 from __future__ import annotations
@@ -10,23 +13,23 @@ import asyncio
 import functools
 import json
 import os
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import event, func, insert, text
+from sqlalchemy import Connection, DateTime, bindparam, event, func, insert, inspect, text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
+from shoal.dburl import is_url, redact_url, sqlalchemy_url
 from shoal.errors import StoreError
 from shoal.status import ReviewStatus, RunStatus
+from shoal.store import migrations
 from shoal.store.learning import LearningRecords, upsert_examples
 from shoal.store.tables import (
     EscalationRow,
@@ -46,80 +49,36 @@ BUSY_TIMEOUT_MS = 30_000
 P = ParamSpec("P")
 T = TypeVar("T")
 
+MIGRATIONS = migrations.MIGRATIONS
 
-def _v1(connection: Any) -> None:
-    tables = [SQLModel.metadata.tables[name] for name in ("run", "step", "modelcall", "escalation", "review")]
-    SQLModel.metadata.create_all(connection, tables=tables)
-
-
-def _v2(connection: Any) -> None:
-    # Frozen: the ticket table as version 2 made it (v4 changes it); never today's model.
-    connection.exec_driver_sql(
-        "CREATE TABLE ticket (id VARCHAR NOT NULL, source VARCHAR NOT NULL, line INTEGER, "
-        "text_hash VARCHAR NOT NULL, run_id VARCHAR, status VARCHAR NOT NULL, queue VARCHAR, "
-        "result_json VARCHAR, error VARCHAR, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, "
-        "PRIMARY KEY (id))"
-    )
-    connection.exec_driver_sql("CREATE INDEX ix_ticket_run_id ON ticket (run_id)")
-    connection.exec_driver_sql("CREATE INDEX ix_ticket_status ON ticket (status)")
-
-
-# Numbered, append-only: a database records which it has applied and gets the rest on open.
-def _v3(connection: Any) -> None:
-    tables = [SQLModel.metadata.tables[name] for name in ("embedding", "example", "head")]
-    SQLModel.metadata.create_all(connection, tables=tables)
-
-
-def _v4(connection: Any) -> None:
-    # Ticket ids were global, so two exports with the same ids (or the same file name) overwrote
-    # each other: a ticket is now its key within its source. Old rows keep their id as their key.
-    connection.exec_driver_sql("ALTER TABLE ticket ADD COLUMN key VARCHAR NOT NULL DEFAULT ''")
-    connection.exec_driver_sql("UPDATE ticket SET key = id")
-    connection.exec_driver_sql("CREATE UNIQUE INDEX ix_ticket_source_key ON ticket (source, key)")
-    # Frontier spend written when paid, not when its step is recorded (kill -9 lost it).
-    connection.exec_driver_sql(
-        "CREATE TABLE spend (id INTEGER NOT NULL, run_id VARCHAR, model VARCHAR NOT NULL, "
-        "cost_usd FLOAT NOT NULL, at DATETIME NOT NULL, PRIMARY KEY (id))"
-    )
-    connection.exec_driver_sql("CREATE INDEX ix_spend_at ON spend (at)")
-    connection.exec_driver_sql(
-        "INSERT INTO spend (run_id, model, cost_usd, at) SELECT run_id, COALESCE(model, ''), cost_usd, at "
-        "FROM escalation WHERE rung = 'frontier' AND cost_usd > 0"
-    )
-
-
-def _v5(connection: Any) -> None:
-    # Frozen. What [privacy] withheld from the frontier on each rung: kind -> count, as JSON.
-    # Version 1 builds the escalation table from today's model, so it may have the column already.
-    columns = {row[1] for row in connection.exec_driver_sql("PRAGMA table_info(escalation)")}
-    if "redacted" not in columns:
-        connection.exec_driver_sql("ALTER TABLE escalation ADD COLUMN redacted JSON")
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[Any], None]]] = [
-    (1, "runs, steps, model calls, escalations, reviews", _v1),
-    (2, "tickets of triage batches", _v2),
-    (3, "embedding cache, labelled examples, trained heads", _v3),
-    (4, "tickets keyed within their source; frontier spend recorded when paid", _v4),
-    (5, "escalations record what kinds of value were withheld from the frontier", _v5),
-]
+# LangGraph's checkpoint tables in each engine (the SQLite and the Postgres savers name them apart)
+CHECKPOINT_TABLES = {
+    "sqlite": ("checkpoints", "writes"),
+    "postgresql": ("checkpoints", "checkpoint_blobs", "checkpoint_writes"),
+}
 
 
 class Store(LearningRecords):
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder for the database {self.path}: {exc}") from None
-        self.engine: Engine = create_engine(
-            f"sqlite:///{self.path}",
-            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        )
-        event.listen(self.engine, "connect", _pragmas)
+    def __init__(self, location: str | Path) -> None:
+        self.url: str | None = str(location) if is_url(location) else None
+        self.path: Path | None = None
+        if self.url is not None:
+            self.where = redact_url(self.url)
+            self.engine: Engine = _postgres_engine(self.url)
+        else:
+            self.path = Path(location).expanduser()
+            self.where = str(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for the database {self.path}: {exc}") from None
+            self.engine = create_engine(
+                f"sqlite:///{self.path}",
+                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+            event.listen(self.engine, "connect", _pragmas)
+        self.dialect: str = self.engine.dialect.name
         self._checkpoint_tables: set[str] = set()
-        self._fast: sqlite3.Connection | None = None
-        self._fast_lock = threading.Lock()
         # One thread runs every store call made from async code. A call made on the event loop
         # itself would block it while it waits for SQLite's lock, and the lock may be held by
         # LangGraph's checkpointer, which needs that very loop to commit: a deadlock until the
@@ -127,55 +86,54 @@ class Store(LearningRecords):
         self._executor: ThreadPoolExecutor | None = None
         self.migrate()
 
-    # --- schema ---------------------------------------------------------------------------
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
 
-    def migrate(self) -> list[int]:
-        """Apply the migrations this file lacks.
+    # --- schema and transactions ----------------------------------------------------------
 
-        Under BEGIN IMMEDIATE (the write lock, taken before reading what is applied), so two
-        processes opening a new file at once do not both create its tables.
-        """
-        applied: list[int] = []
-        newest = max(v for v, _, _ in MIGRATIONS)
-        if self._applied() == {v for v, _, _ in MIGRATIONS}:
-            return applied  # the common open: a plain read, no write lock (readers never wait on writers)
+    def migrate(self, *, upto: int = migrations.NEWEST) -> list[int]:
+        """Apply the migrations this database lacks (see `shoal.store.migrations`)."""
+        try:
+            with self.engine.connect() as connection:
+                have = migrations.applied(connection)
+        except Exception as exc:  # a server that is down or refuses us: say which and how to fix
+            if self.url is None:
+                raise
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StoreError(
+                f"cannot open the database {self.where}: {reason}. Check that the server runs and the URL "
+                "(user, password, database) in SHOAL_DB or db_path is right"
+            ) from None
+        if have and max(have) > migrations.NEWEST:
+            raise StoreError(
+                f"{self.where} was written by a newer shoal (schema {max(have)} > {migrations.NEWEST}): upgrade shoal"
+            )
+        if have is not None and have >= {v for v, _, _ in MIGRATIONS if v <= upto}:
+            return []  # the common open: a plain read, no write lock (readers never wait on writers)
+        with self.transaction(exclusive=True) as connection:
+            return migrations.migrate(connection, self.where, upto=upto)
+
+    @contextmanager
+    def transaction(self, *, exclusive: bool = False) -> Iterator[Connection]:
+        """One write transaction, committed when the block ends (rolled back if it raises).
+
+        `exclusive`: for a read-then-write that must not be raced (numbering a head, taking a
+        lease). SQLite takes its write lock up front (BEGIN IMMEDIATE); PostgreSQL relies on the
+        row locks the statements take (`FOR UPDATE`), or on an advisory lock the caller takes."""
+        if self.dialect != "sqlite" or not exclusive:
+            with self.engine.begin() as connection:
+                yield connection
+            return
         with self.engine.connect() as plain:
             connection = plain.execution_options(isolation_level="AUTOCOMMIT")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                connection.exec_driver_sql(
-                    "CREATE TABLE IF NOT EXISTS shoal_migration "
-                    "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at DATETIME NOT NULL)"
-                )
-                done = {row[0] for row in connection.exec_driver_sql("SELECT version FROM shoal_migration")}
-                if done and max(done) > newest:
-                    raise StoreError(
-                        f"{self.path} was written by a newer shoal (schema {max(done)} > {newest}); upgrade shoal"
-                    )
-                for version, name, apply in MIGRATIONS:
-                    if version in done:
-                        continue
-                    apply(connection)
-                    connection.execute(
-                        text("INSERT INTO shoal_migration (version, name, applied_at) VALUES (:v, :n, :t)"),
-                        {"v": version, "n": name, "t": now()},
-                    )
-                    applied.append(version)
-                connection.exec_driver_sql("COMMIT")
+                yield connection
             except BaseException:
                 connection.exec_driver_sql("ROLLBACK")
                 raise
-        return applied
-
-    def _applied(self) -> set[int] | None:
-        """Versions already applied, read without a write lock; None for a new file."""
-        with self.engine.connect() as connection:
-            exists = connection.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shoal_migration'"
-            ).first()
-            if exists is None:
-                return None
-            return {int(row[0]) for row in connection.exec_driver_sql("SELECT version FROM shoal_migration")}
+            connection.exec_driver_sql("COMMIT")
 
     def schema_version(self) -> int:
         with Session(self.engine) as session:
@@ -204,9 +162,8 @@ class Store(LearningRecords):
             owner_pid=os.getpid(),
             plan_json=plan_json,
         )
-        with self.session() as session:
-            session.add(row)
-            session.commit()
+        with self.transaction() as connection:
+            connection.execute(insert(Run), row.model_dump())
         return row
 
     def get_run(self, run_id: str) -> Run | None:
@@ -222,43 +179,35 @@ class Store(LearningRecords):
             # autoescape: `%` and `_` typed by a person are characters, not LIKE wildcards
             matches = session.exec(select(Run).where(col(Run.id).startswith(prefix, autoescape=True)).limit(2)).all()
         if not matches:
-            raise StoreError(f"no run '{prefix}' in {self.path}: `shoal runs` lists them")
+            raise StoreError(f"no run '{prefix}' in {self.where}: `shoal runs` lists them")
         if len(matches) > 1:
             raise StoreError(f"'{prefix}' matches several runs: give more of the id")
         return matches[0]
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        with self.session() as session:
-            row = session.get(Run, run_id)
-            if row is None:
-                raise StoreError(f"no run {run_id}")
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = now()
-            session.add(row)
-            session.commit()
+        with self.transaction() as connection:
+            updated = connection.execute(
+                update(Run).where(col(Run.id) == run_id).values(**fields, updated_at=now())
+            ).rowcount
+        if not updated:
+            raise StoreError(f"no run {run_id}")
 
     def finish_run(
         self, run_id: str, status: str, elapsed_s: float, *, error: str | None = None, result_json: str | None = None
     ) -> str:
         """Close a run's row: status (a `RunStatus`), time, and totals summed from its calls and
         escalations, in one statement (every run pays this once). Returns the run's workflow."""
-        value = _member(RunStatus, status).value  # the raw connection below bypasses `EnumText`
-        with self._fast_lock:
-            raw = self._fast_connection()
-            with raw:
-                updated = raw.execute(
-                    "UPDATE run SET status = ?, seconds = seconds + ?, owner_pid = NULL, error = ?, "
-                    "result_json = COALESCE(?, result_json), updated_at = ?, "
-                    "model_calls = (SELECT COUNT(*) FROM modelcall WHERE run_id = run.id), "
-                    "tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM modelcall WHERE run_id = run.id), "
-                    "tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM modelcall WHERE run_id = run.id), "
-                    "cost_usd = (SELECT COALESCE(SUM(cost_usd), 0.0) FROM modelcall WHERE run_id = run.id), "
-                    "escalations = (SELECT COUNT(*) FROM escalation WHERE run_id = run.id) "
-                    "WHERE id = ?",
-                    (value, elapsed_s, error, result_json, _sqlite_value(now()), run_id),
-                ).rowcount
-                found = raw.execute("SELECT workflow FROM run WHERE id = ?", (run_id,)).fetchone()
+        values = {
+            "status": _member(RunStatus, status).value,
+            "elapsed": elapsed_s,
+            "error": error,
+            "result": result_json,
+            "at": now(),
+            "id": run_id,
+        }
+        with self.transaction() as connection:
+            updated = connection.execute(_FINISH_RUN, values).rowcount
+            found = connection.execute(select(Run.workflow).where(Run.id == run_id)).first()
         if not updated or found is None:
             raise StoreError(f"no run {run_id}")
         return str(found[0])
@@ -315,26 +264,19 @@ class Store(LearningRecords):
 
         `examples`: labelled texts the step's escalated answer teaches (the flywheel).
         """
-        with self.session() as session:
-            existing = session.exec(
-                select(Step).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
-            ).first()
+        values = step.model_dump(exclude={"id"})
+        with self.transaction() as connection:
+            existing = connection.execute(
+                select(Step.id).where(Step.run_id == step.run_id, Step.step_id == step.step_id)
+            ).scalar()
             if existing is not None:
-                for key, value in step.model_dump(exclude={"id", "started_at"}).items():
-                    setattr(existing, key, value)
-                step = existing
-            session.add(step)
-            session.add_all(ModelCall(**call) for call in calls)
-            for item in escalations:
-                if item.id is None:
-                    session.add(item)
-                else:  # an update to a row read earlier (a human rung now answered)
-                    session.merge(item)
-            if review is not None:
-                session.add(review)
-            upsert_examples(session.connection(), examples)
-            session.commit()
-            return step
+                values.pop("started_at")
+                connection.execute(update(Step).where(col(Step.id) == existing).values(**values))
+                step.id = int(existing)
+            else:
+                step.id = _new_id(connection.execute(insert(Step), values))
+            self._children(connection, calls, escalations, review, examples)
+        return step
 
     def insert_step(
         self,
@@ -346,40 +288,35 @@ class Store(LearningRecords):
     ) -> int:
         """`record_step` for a step known to have no row yet, from plain values (no ORM object:
         on the hot path building one costs more than the write). Returns the row id."""
-        if escalations or review is not None or examples:
-            # rarer: Core inserts, since escalations and reviews carry more than plain columns
-            with self.engine.begin() as connection:
-                inserted = connection.execute(insert(Step), Step(**values).model_dump(exclude={"id"}))
-                if calls:
-                    connection.execute(insert(ModelCall), list(calls))
-                if escalations:
-                    connection.execute(insert(EscalationRow), [e.model_dump(exclude={"id"}) for e in escalations])
-                if review is not None:
-                    added = connection.execute(insert(Review), review.model_dump(exclude={"id"}))
-                    review.id = added.inserted_primary_key[0]  # type: ignore[index]
-                upsert_examples(connection, examples)
-            return int(inserted.inserted_primary_key[0])  # type: ignore[index]
-        # the common case (a step answered with nothing escalated): one short transaction on a
-        # connection of its own, without SQLAlchemy's per-statement machinery
-        with self._fast_lock:
-            raw = self._fast_connection()
-            with raw:  # commits, or rolls back on error
-                step_id = raw.execute(_STEP_SQL, _row(_STEP_COLUMNS, values, _STEP_DEFAULTS)).lastrowid
-                if calls:
-                    raw.executemany(_CALL_SQL, [_row(_CALL_COLUMNS, call, _CALL_DEFAULTS) for call in calls])
-        return int(step_id or 0)
+        row = {**_STEP_DEFAULTS, "started_at": now(), **values}
+        with self.transaction() as connection:
+            step_id = _new_id(connection.execute(insert(Step), row))
+            self._children(connection, calls, escalations, review, examples)
+        return step_id
 
-    def _fast_connection(self) -> sqlite3.Connection:
-        if self._fast is None:
-            self._fast = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-            _pragmas(self._fast, None)
-        return self._fast
+    @staticmethod
+    def _children(
+        connection: Connection,
+        calls: Sequence[dict[str, Any]],
+        escalations: Sequence[EscalationRow],
+        review: Review | None,
+        examples: Sequence[dict[str, Any]],
+    ) -> None:
+        """What a step's row brings along: its model calls, escalations, review and examples."""
+        if calls:
+            stamp = now()
+            connection.execute(insert(ModelCall), [{**_CALL_DEFAULTS, "created_at": stamp, **c} for c in calls])
+        for item in escalations:
+            values = item.model_dump(exclude={"id"})
+            if item.id is None:
+                item.id = _new_id(connection.execute(insert(EscalationRow), values))
+            else:  # an update to a row read earlier (a human rung now answered)
+                connection.execute(update(EscalationRow).where(col(EscalationRow.id) == item.id).values(**values))
+        if review is not None:
+            review.id = _new_id(connection.execute(insert(Review), review.model_dump(exclude={"id"})))
+        upsert_examples(connection, examples)
 
     def close(self) -> None:
-        with self._fast_lock:
-            if self._fast is not None:
-                self._fast.close()
-                self._fast = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -418,19 +355,21 @@ class Store(LearningRecords):
         return row
 
     def answer_review(self, review_id: int, answer: dict[str, Any], who: str) -> Review:
-        with self.session() as session:
-            row = session.get(Review, review_id)
-            if row is None:
-                raise StoreError(f"no review {review_id}")
-            if row.status != ReviewStatus.PENDING:
-                raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
-            row.status = ReviewStatus.ANSWERED
-            row.answer_json = json.dumps(answer)
-            row.answered_by = who
-            row.answered_at = now()
-            session.add(row)
-            session.commit()
-            return row
+        """Record a person's answer; only a pending review takes one (two people answering at
+        once: the first wins, the second is told who answered)."""
+        answered = now()
+        with self.transaction() as connection:
+            changed = connection.execute(
+                update(Review)
+                .where(col(Review.id) == review_id, col(Review.status) == ReviewStatus.PENDING)
+                .values(
+                    status=ReviewStatus.ANSWERED, answer_json=json.dumps(answer), answered_by=who, answered_at=answered
+                )
+            ).rowcount
+        row = self.get_review(review_id)
+        if not changed:
+            raise StoreError(f"review {review_id} was already answered by {row.answered_by}")
+        return row
 
     # --- tickets --------------------------------------------------------------------------
 
@@ -439,14 +378,17 @@ class Store(LearningRecords):
             return _ticket(session, source, key)
 
     def put_ticket(self, source: str, key: str, **fields: Any) -> Ticket:
-        with self.session() as session:
-            row = _ticket(session, source, key) or Ticket(id=ticket_id(source, key), source=source, key=key)
-            for name, value in fields.items():
-                setattr(row, name, value)
-            row.updated_at = now()
-            session.add(row)
-            session.commit()
-            return row
+        stamp = now()
+        with self.transaction() as connection:
+            existing = connection.execute(select(Ticket.id).where(Ticket.source == source, Ticket.key == key)).scalar()
+            if existing is None:
+                row = Ticket(id=ticket_id(source, key), source=source, key=key, created_at=stamp)
+                connection.execute(insert(Ticket), {**row.model_dump(), **fields, "updated_at": stamp})
+            else:
+                connection.execute(update(Ticket).where(col(Ticket.id) == existing).values(**fields, updated_at=stamp))
+        found = self.get_ticket(source, key)
+        assert found is not None
+        return found
 
     def ticket_for_run(self, run_id: str) -> Ticket | None:
         with self.session() as session:
@@ -470,7 +412,7 @@ class Store(LearningRecords):
     # --- spend ----------------------------------------------------------------------------
 
     def add_spend(self, cost_usd: float, *, run_id: str | None = None, model: str = "") -> None:
-        with self.engine.begin() as connection:
+        with self.transaction() as connection:
             connection.execute(insert(Spend), {"run_id": run_id, "model": model, "cost_usd": cost_usd, "at": now()})
 
     def frontier_spent_since(self, since: datetime) -> float:
@@ -480,22 +422,20 @@ class Store(LearningRecords):
 
     # --- checkpoints ----------------------------------------------------------------------
 
+    def checkpoint_tables(self, connection: Connection) -> set[str]:
+        """LangGraph's checkpoint tables present in this database (its saver makes them on first use)."""
+        wanted = CHECKPOINT_TABLES[self.dialect]
+        if len(self._checkpoint_tables) < len(wanted):  # once they all exist they stay: stop asking
+            present = set(inspect(connection).get_table_names())
+            self._checkpoint_tables = {t for t in wanted if t in present}
+        return self._checkpoint_tables
+
     def prune_checkpoints(self, run_id: str) -> int:
         """Drop LangGraph's snapshots of a finished run; shoal's own rows keep its history."""
-        with self.engine.begin() as connection:
-            if len(self._checkpoint_tables) < 2:  # once both exist they stay: stop asking
-                self._checkpoint_tables = {
-                    r[0]
-                    for r in connection.exec_driver_sql(
-                        "SELECT name FROM sqlite_master WHERE type='table' AND name IN ('checkpoints', 'writes')"
-                    )
-                }
-            removed = 0
-            for table in ("checkpoints", "writes"):
-                if table in self._checkpoint_tables:
-                    removed += connection.execute(
-                        text(f"DELETE FROM {table} WHERE thread_id = :t"), {"t": run_id}
-                    ).rowcount
+        removed = 0
+        with self.transaction() as connection:
+            for table in sorted(self.checkpoint_tables(connection)):
+                removed += connection.execute(text(f"DELETE FROM {table} WHERE thread_id = :t"), {"t": run_id}).rowcount
         return removed
 
     # --- retention ------------------------------------------------------------------------
@@ -512,35 +452,38 @@ class Store(LearningRecords):
         wanted = [_member(RunStatus, s).value for s in statuses]
         if not wanted:
             return Pruned()
-        where = f"status IN ({', '.join('?' * len(wanted))})"
-        params: list[Any] = list(wanted)
+        where = "status IN :statuses"
+        params: dict[str, Any] = {"statuses": wanted}
         if before is not None:
-            where += " AND updated_at < ?"
-            params.append(_sqlite_value(before.astimezone(UTC).replace(tzinfo=None)))
-        with self.engine.connect() as plain:
-            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                pruned = _prune(connection, where, tuple(params), dry_run)
-                connection.exec_driver_sql("ROLLBACK" if dry_run else "COMMIT")
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
-        return pruned
+            where += " AND updated_at < :before"
+            params["before"] = before.astimezone(UTC)
+        with self.transaction(exclusive=True) as connection:
+            found = text(f"SELECT id FROM run WHERE {where}").bindparams(
+                *_expanding("statuses"), *_stamped("before" in params)
+            )
+            ids = [str(r[0]) for r in connection.execute(found, params)]
+            return _prune(connection, ids, sorted(self.checkpoint_tables(connection)), dry_run)
 
-    def file_bytes(self) -> int:
-        """The database's size on disk, its write-ahead log included."""
+    def size_bytes(self) -> int:
+        """What the database takes on disk: the file and its write-ahead log, or the server's database."""
+        if self.path is None:
+            with self.engine.connect() as connection:
+                return int(connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.is_file())
 
     def vacuum(self) -> tuple[int, int]:
         """Give the space of deleted rows back to the disk (SQLite otherwise reuses it in the
-        file); needs as much free disk as the file takes. Returns the size before and after."""
-        before = self.file_bytes()
-        with self._fast_lock:
-            raw = self._fast_connection()
-            raw.execute("VACUUM")
-            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return before, self.file_bytes()
+        file; PostgreSQL's VACUUM FULL rewrites the tables); needs as much free disk as the data
+        takes. Returns the size before and after."""
+        before = self.size_bytes()
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "sqlite":
+                connection.exec_driver_sql("VACUUM")
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                connection.exec_driver_sql("VACUUM FULL")
+        return before, self.size_bytes()
 
 
 @dataclass
@@ -570,51 +513,59 @@ _PRUNED_COLUMNS = {
 _PRUNED_COUNTS = {"step": "steps", "modelcall": "calls", "escalation": "escalations", "review": "reviews"}
 
 
-def _prune(connection: Any, where: str, params: tuple[Any, ...], dry_run: bool) -> Pruned:
-    ids = [str(r[0]) for r in connection.exec_driver_sql(f"SELECT id FROM run WHERE {where}", params)]
+def _expanding(*names: str) -> list[Any]:
+    return [bindparam(name, expanding=True) for name in names]
+
+
+def _stamped(present: bool) -> list[Any]:
+    return [bindparam("before", type_=DateTime())] if present else []
+
+
+def _in_ids(connection: Connection, ids: list[str], sql: str) -> Any:
+    """`sql`, whose `:ids` is the list of run ids."""
+    return connection.execute(text(sql).bindparams(*_expanding("ids")), {"ids": ids})
+
+
+def _prune(connection: Connection, ids: list[str], checkpoints: list[str], dry_run: bool) -> Pruned:
     pruned = Pruned(runs=len(ids), run_ids=ids)
-    tables = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    length = "octet_length({})" if connection.dialect.name == "postgresql" else "length(CAST({} AS BLOB))"
     for start in range(0, len(ids), 500):  # SQLite caps bound parameters
-        chunk = tuple(ids[start : start + 500])
-        marks = ", ".join("?" * len(chunk))
+        run = functools.partial(_in_ids, connection, ids[start : start + 500])
+
         for table, columns in _PRUNED_COLUMNS.items():
             key = "id" if table == "run" else "run_id"
-            sizes = " + ".join(f"COALESCE(length(CAST({c} AS BLOB)), 0)" for c in columns)
-            count, size = connection.exec_driver_sql(
-                f"SELECT COUNT(*), COALESCE(SUM({sizes}), 0) FROM {table} WHERE {key} IN ({marks})", chunk
-            ).one()
+            sizes = " + ".join(f"COALESCE({length.format(c)}, 0)" for c in columns)
+            count, size = run(f"SELECT COUNT(*), COALESCE(SUM({sizes}), 0) FROM {table} WHERE {key} IN :ids").one()
             pruned.bytes += int(size)
             if table != "run":
                 name = _PRUNED_COUNTS[table]
                 setattr(pruned, name, getattr(pruned, name) + int(count))
-        for table in ("checkpoints", "writes"):
-            if table in tables:
-                pruned.checkpoints += int(
-                    connection.exec_driver_sql(
-                        f"SELECT COUNT(*) FROM {table} WHERE thread_id IN ({marks})", chunk
-                    ).scalar_one()
-                )
+        for table in checkpoints:
+            pruned.checkpoints += int(run(f"SELECT COUNT(*) FROM {table} WHERE thread_id IN :ids").scalar_one())
         unfinished = (
-            f"SELECT ticket.id FROM ticket JOIN run ON run.id = ticket.run_id WHERE ticket.run_id IN ({marks}) "
+            "SELECT ticket.id FROM ticket JOIN run ON run.id = ticket.run_id WHERE ticket.run_id IN :ids "
             "AND run.status NOT IN ('done', 'failed')"
         )
-        tickets = [r[0] for r in connection.exec_driver_sql(unfinished, chunk)]
+        tickets = [r[0] for r in run(unfinished)]
         pruned.tickets_failed += len(tickets)
         if dry_run:
             continue
         if tickets:
-            connection.exec_driver_sql(
-                f"UPDATE ticket SET status = 'failed', run_id = NULL, updated_at = ?, error = "
-                f"'its run was pruned before it finished: triage the ticket again' "
-                f"WHERE id IN ({', '.join('?' * len(tickets))})",
-                (_sqlite_value(now()), *tickets),
+            connection.execute(
+                update(Ticket)
+                .where(col(Ticket.id).in_(tickets))
+                .values(
+                    status="failed",
+                    run_id=None,
+                    updated_at=now(),
+                    error="its run was pruned before it finished: triage the ticket again",
+                )
             )
         for table in ("modelcall", "escalation", "review", "step"):  # children first: foreign keys
-            connection.exec_driver_sql(f"DELETE FROM {table} WHERE run_id IN ({marks})", chunk)
-        for table in ("checkpoints", "writes"):
-            if table in tables:
-                connection.exec_driver_sql(f"DELETE FROM {table} WHERE thread_id IN ({marks})", chunk)
-        connection.exec_driver_sql(f"DELETE FROM run WHERE id IN ({marks})", chunk)
+            run(f"DELETE FROM {table} WHERE run_id IN :ids")
+        for table in checkpoints:
+            run(f"DELETE FROM {table} WHERE thread_id IN :ids")
+        run("DELETE FROM run WHERE id IN :ids")
     return pruned
 
 
@@ -650,36 +601,45 @@ def _ticket(session: Session, source: str, key: str) -> Ticket | None:
     return session.exec(select(Ticket).where(Ticket.source == source, Ticket.key == key)).first()
 
 
-def _sqlite_value(value: Any) -> Any:
-    """What SQLAlchemy would bind: datetimes in its SQLite text format, enums by value."""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, Enum):
-        return value.value
-    return value
+def _new_id(result: Any) -> int:
+    """The key the database gave the row an INSERT made."""
+    return int(result.inserted_primary_key[0])
 
 
-def _insert_sql(table: Any) -> tuple[str, list[str], dict[str, Any]]:
-    columns = [c.name for c in table.columns if c.name != "id"]
-    defaults = {
+def _defaults(table: Any) -> dict[str, Any]:
+    """A table's plain column defaults, so a row given as a dict needs only what differs."""
+    return {
         c.name: c.default.arg
         for c in table.columns
         if c.default is not None and c.name != "id" and not callable(c.default.arg)
     }
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-    return sql, columns, defaults
 
 
-def _row(columns: list[str], values: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, ...]:
-    stamp = now()
-    return tuple(
-        _sqlite_value(values[c] if c in values else defaults.get(c, stamp if c in _STAMPS else None)) for c in columns
+_STEP_DEFAULTS = _defaults(Step.__table__)  # type: ignore[attr-defined]
+_CALL_DEFAULTS = _defaults(ModelCall.__table__)  # type: ignore[attr-defined]
+
+_FINISH_RUN = text(
+    "UPDATE run SET status = :status, seconds = seconds + :elapsed, owner_pid = NULL, error = :error, "
+    "result_json = COALESCE(:result, result_json), updated_at = :at, "
+    "model_calls = (SELECT COUNT(*) FROM modelcall WHERE run_id = run.id), "
+    "tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM modelcall WHERE run_id = run.id), "
+    "tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM modelcall WHERE run_id = run.id), "
+    "cost_usd = (SELECT COALESCE(SUM(cost_usd), 0.0) FROM modelcall WHERE run_id = run.id), "
+    "escalations = (SELECT COUNT(*) FROM escalation WHERE run_id = run.id) "
+    "WHERE id = :id"
+).bindparams(bindparam("at", type_=DateTime()))
+
+
+def _postgres_engine(url: str) -> Engine:
+    # Timestamps are stored without a time zone, in UTC by convention: the session says so, so
+    # an aware datetime bound by psycopg lands as UTC whatever the server's own zone.
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
     )
-
-
-_STAMPS = {"started_at", "created_at"}
-_STEP_SQL, _STEP_COLUMNS, _STEP_DEFAULTS = _insert_sql(SQLModel.metadata.tables["step"])
-_CALL_SQL, _CALL_COLUMNS, _CALL_DEFAULTS = _insert_sql(SQLModel.metadata.tables["modelcall"])
 
 
 def _pragmas(dbapi_connection: Any, _: Any) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import func, insert, text
+from sqlalchemy import Connection, DateTime, LargeBinary, bindparam, func, insert, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -24,6 +24,9 @@ class LearningRecords:
     engine: Engine
 
     def session(self) -> AbstractContextManager[Session]:  # provided by Store
+        raise NotImplementedError
+
+    def transaction(self, *, exclusive: bool = False) -> AbstractContextManager[Connection]:  # provided by Store
         raise NotImplementedError
 
     # --- embeddings -----------------------------------------------------------------------
@@ -47,17 +50,20 @@ class LearningRecords:
     def cache_vectors(self, model: str, vectors: dict[str, bytes], dim: int) -> None:
         if not vectors:
             return
-        with self.engine.begin() as connection:
-            connection.execute(
-                insert(EmbeddingVector).prefix_with("OR IGNORE"),
-                [{"model": model, "key": k, "dim": dim, "vector": v, "created_at": now()} for k, v in vectors.items()],
-            )
+        rows = [{"model": model, "key": k, "dim": dim, "vector": v, "created_at": now()} for k, v in vectors.items()]
+        with self.transaction() as connection:
+            # two processes may embed the same text at once: the first row stays
+            statement = text(
+                "INSERT INTO embedding (model, key, dim, vector, created_at) "
+                "VALUES (:model, :key, :dim, :vector, :created_at) ON CONFLICT (model, key) DO NOTHING"
+            ).bindparams(bindparam("vector", type_=LargeBinary()), bindparam("created_at", type_=DateTime()))
+            connection.execute(statement, rows)
 
     # --- labelled examples and trained heads ----------------------------------------------
 
     def add_examples(self, rows: Sequence[dict[str, Any]]) -> int:
         """Keep labelled texts (dicts of `Example` fields; text_hash is filled in)."""
-        with self.engine.begin() as connection:
+        with self.transaction() as connection:
             upsert_examples(connection, rows)
         return len(rows)
 
@@ -91,36 +97,31 @@ class LearningRecords:
 
     def add_head(self, head: Head, *, activate: bool) -> Head:
         """Store a new head version (numbered here, under the write lock) and maybe activate it."""
-        with self.engine.connect() as plain:
-            connection = plain.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                latest = connection.execute(
-                    text("SELECT COALESCE(MAX(version), 0) FROM head WHERE specialist = :s"), {"s": head.specialist}
-                ).scalar_one()
-                head.version = int(latest) + 1
-                head.active = activate
-                if activate:
-                    connection.execute(text("UPDATE head SET active = 0 WHERE specialist = :s"), {"s": head.specialist})
-                head.id = connection.execute(insert(Head), head.model_dump(exclude={"id"})).inserted_primary_key[0]  # type: ignore[index]
-                connection.exec_driver_sql("COMMIT")
-            except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
-                raise
+        with self.transaction(exclusive=True) as connection:
+            if connection.dialect.name == "postgresql":  # one numbering at a time per specialist
+                connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": "head:" + head.specialist})
+            latest = connection.execute(
+                select(func.coalesce(func.max(Head.version), 0)).where(Head.specialist == head.specialist)
+            ).scalar_one()
+            head.version = int(latest) + 1
+            head.active = activate
+            if activate:
+                connection.execute(update(Head).where(col(Head.specialist) == head.specialist).values(active=False))
+            head.id = int(connection.execute(insert(Head), head.model_dump(exclude={"id"})).inserted_primary_key[0])  # type: ignore[index]
         return head
 
     def activate_head(self, specialist: str, version: int) -> Head:
-        with self.session() as session:
-            rows = session.exec(select(Head).where(Head.specialist == specialist)).all()
-            chosen = next((row for row in rows if row.version == version), None)
-            if chosen is None:
-                known = ", ".join(str(r.version) for r in rows) or "none"
-                raise StoreError(f"{specialist} has no head version {version} (versions: {known})")
-            for row in rows:
-                row.active = row.version == version
-                session.add(row)
-            session.commit()
-            return chosen
+        rows = self.heads(specialist)
+        chosen = next((row for row in rows if row.version == version), None)
+        if chosen is None:
+            known = ", ".join(str(r.version) for r in rows) or "none"
+            raise StoreError(f"{specialist} has no head version {version} (versions: {known})")
+        with self.transaction() as connection:
+            connection.execute(
+                update(Head).where(col(Head.specialist) == specialist).values(active=col(Head.version) == version)
+            )
+        chosen.active = True
+        return chosen
 
     def active_head(self, specialist: str) -> Head | None:
         with self.session() as session:
@@ -144,7 +145,7 @@ def upsert_examples(connection: Any, rows: Sequence[dict[str, Any]]) -> None:
         "VALUES (:specialist, :text, :text_hash, :label, :source, :run_id, :step_id, :created_at) "
         "ON CONFLICT (specialist, text_hash, source) DO UPDATE SET label = excluded.label, "
         "run_id = excluded.run_id, step_id = excluded.step_id, created_at = excluded.created_at"
-    )
+    ).bindparams(bindparam("created_at", type_=DateTime()))
     connection.execute(
         statement,
         [

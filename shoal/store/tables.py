@@ -18,7 +18,19 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel, UniqueConstraint
 
-from shoal.status import AnsweredBy, EscalationOutcome, ReviewStatus, Rung, RunStatus, StepStatus, TicketStatus
+from shoal.status import (
+    AnsweredBy,
+    DeliveryStatus,
+    EscalationOutcome,
+    ReviewStatus,
+    Rung,
+    RunStatus,
+    StepStatus,
+    TicketStatus,
+    WorkerStatus,
+    WorkKind,
+    WorkStatus,
+)
 
 
 def now() -> datetime:
@@ -159,6 +171,7 @@ class Ticket(SQLModel, table=True):
     error: str | None = None
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
+    text: str | None = None  # kept so that any worker can triage a queued ticket
 
 
 class Spend(SQLModel, table=True):
@@ -216,6 +229,74 @@ class Head(SQLModel, table=True):
     metrics_json: str = "{}"
     blob: bytes  # the head itself (npz), so the database stays the one file to copy
     created_at: datetime = Field(default_factory=now)
+
+
+class Work(SQLModel, table=True):
+    """An item of the work queue, leased by one worker at a time (see `shoal.engine.queue`)."""
+
+    __table_args__ = (Index("ix_work_status", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: WorkKind = Field(sa_type=EnumText(WorkKind))
+    ticket_id: str | None = None
+    run_id: str | None = Field(default=None, index=True)
+    payload: str = "{}"  # JSON: what the worker needs (a ticket's source, key, line, text)
+    status: WorkStatus = Field(default=WorkStatus.QUEUED, sa_type=EnumText(WorkStatus))
+    lease_owner: str | None = None  # the worker's id
+    lease_expires_at: datetime | None = None
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+
+
+class Worker(SQLModel, table=True):
+    """A worker process and its heartbeat (`shoal workers` lists them)."""
+
+    id: str = Field(primary_key=True)  # host:pid:random
+    host: str
+    pid: int
+    status: WorkerStatus = Field(default=WorkerStatus.IDLE, sa_type=EnumText(WorkerStatus))
+    current: str | None = None  # what it works on, e.g. "ticket export.csv:T-1"
+    done: int = 0
+    failed: int = 0
+    started_at: datetime = Field(default_factory=now)
+    heartbeat_at: datetime = Field(default_factory=now)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of `shoal serve`: only its SHA-256 is kept; revoked ones stay, marked."""
+
+    __tablename__ = "api_token"
+    __table_args__ = (Index("ix_api_token_name", "name", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    token_hash: str = Field(unique=True)
+    prefix: str  # the token's first characters, to tell tokens apart in a list
+    created_at: datetime = Field(default_factory=now)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One POST of a ticket's result to one webhook URL, recorded before it is tried."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (Index("ix_webhook_delivery_due", "status", "next_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: str | None = None
+    event: str  # ticket.done, ticket.waiting
+    url: str
+    body: str  # the exact bytes signed and sent (UTF-8 JSON)
+    status: DeliveryStatus = Field(default=DeliveryStatus.PENDING, sa_type=EnumText(DeliveryStatus))
+    attempts: int = 0
+    next_at: datetime = Field(default_factory=now)
+    response_status: int | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=now)
+    delivered_at: datetime | None = None
 
 
 class Migration(SQLModel, table=True):

@@ -84,7 +84,7 @@ class ShoalApp(App[None]):
     # --- screens ------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.sub_title = str(self.store.path)
+        self.sub_title = self.store.where
         self.push_screen(RunsScreen(self.core))
         self.run_worker(self._start_engine(), group="engine")
 

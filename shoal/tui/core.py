@@ -108,7 +108,7 @@ class Core:
 
         The engine they replace is closed now if nothing uses it, else when its last work ends.
         The database stays the one this window opened."""
-        self.settings = Settings.load(path).model_copy(update={"db_path": self.store.path})
+        self.settings = Settings.load(path).model_copy(update={"db_path": self.store.url or self.store.path})
         retired, self._engine = self._engine, None
         if retired is None:
             return
