@@ -91,6 +91,16 @@ class StoreSettings(_Section):
     retention_days: float = Field(default=30.0, gt=0)
 
 
+class WorkerSettings(_Section):
+    """The [workers] section: how `shoal worker` processes take work from the database's queue."""
+
+    # a lease not renewed for this long is taken to be a dead worker's: its item is queued again
+    lease_s: float = Field(default=60.0, ge=5)
+    poll_s: float = Field(default=1.0, gt=0, le=60)  # how often an idle worker looks for work
+    max_attempts: int = Field(default=3, ge=1, le=100)  # leases of one item before it fails
+    concurrency: int = Field(default=1, ge=1, le=64)  # items one worker process runs at once
+
+
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -124,6 +134,7 @@ class Settings(_Section):
     # what is withheld from the frontier: emails, phones, cards, IBANs, configured patterns
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
     specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
     # the task graph's general-purpose classifier; the shipped default is Bitext's taxonomy
     classifier_labels: list[str] = Field(default_factory=lambda: list(BITEXT_CATEGORIES), min_length=2)
