@@ -31,6 +31,7 @@ from shoal.errors import StoreError
 from shoal.status import ReviewStatus, RunStatus
 from shoal.store import migrations
 from shoal.store.learning import LearningRecords, upsert_examples
+from shoal.store.queue import WorkRecords
 from shoal.store.tables import (
     EscalationRow,
     Migration,
@@ -58,7 +59,7 @@ CHECKPOINT_TABLES = {
 }
 
 
-class Store(LearningRecords):
+class Store(LearningRecords, WorkRecords):
     def __init__(self, location: str | Path) -> None:
         self.url: str | None = str(location) if is_url(location) else None
         self.path: Path | None = None
