@@ -101,6 +101,39 @@ class WorkerSettings(_Section):
     concurrency: int = Field(default=1, ge=1, le=64)  # items one worker process runs at once
 
 
+class ServeSettings(_Section):
+    """The [serve] section: `shoal serve`'s HTTP API and the webhooks it (or a worker) delivers."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65_535)
+    # the ticket result is POSTed to each of these when a ticket ends done or waiting for a person
+    webhooks: list[str] = Field(default_factory=list)
+    # the environment variable that holds the HMAC secret webhooks are signed with (never the file)
+    secret_env: str = "SHOAL_WEBHOOK_SECRET"
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_batch: int = Field(default=100, ge=1, le=10_000)  # tickets in one POST
+    # requests per minute per token (a token bucket that holds this many); 0 turns the limit off
+    rate_per_minute: int = Field(default=600, ge=0)
+    # tickets the in-process worker triages at once
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # /metrics without a bearer token (a scraper inside the network); true: a token is required
+    metrics_auth: bool = False
+    # a failed delivery waits initial * 2^(attempt-1) seconds (at most max) before the next try;
+    # it fails for good after max_attempts (the defaults keep trying for about four hours)
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=3_600.0, gt=0)
+    max_attempts: int = Field(default=15, ge=1, le=100)
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook {url!r} is not an http:// or https:// URL")
+        return value
+
+
 class SpecialistSettings(_Section):
     model: str | None = None
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -135,6 +168,7 @@ class Settings(_Section):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     specialists: dict[str, SpecialistSettings] = Field(default_factory=dict)
     # the task graph's general-purpose classifier; the shipped default is Bitext's taxonomy
     classifier_labels: list[str] = Field(default_factory=lambda: list(BITEXT_CATEGORIES), min_length=2)

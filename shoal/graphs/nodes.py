@@ -14,6 +14,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send, interrupt
 from pydantic import BaseModel
 
+from shoal import telemetry
 from shoal.agents.escalation import Outcome
 from shoal.agents.planner import TASK, Plan, PlanStep, TaskInput
 from shoal.errors import PlanError
@@ -257,7 +258,9 @@ async def run_step(ctx: TaskRuntime, payload: StepPayload) -> dict[str, Any]:
 
 
 async def step(payload: StepPayload, runtime: Runtime[TaskRuntime]) -> Command[Any]:
-    return finished(payload, await run_step(runtime.context, payload))
+    spec = payload["step"]
+    with telemetry.step_span(payload["run_id"], spec["id"], spec["specialist"]):
+        return finished(payload, await run_step(runtime.context, payload))
 
 
 async def review(payload: ReviewPayload, runtime: Runtime[TaskRuntime]) -> dict[str, Any]:

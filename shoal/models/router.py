@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shoal import telemetry
 from shoal.errors import HeadError, ModelError
 from shoal.models.base import BackendName, ChatRequest, Embeddings, ModelBackend, ModelRef, Reply
 
@@ -119,7 +120,17 @@ class ModelRouter:
         record = recorder or self.recorder
         started = time.perf_counter()
         try:
-            reply = await self.backend(ref.backend).chat(request)
+            with telemetry.chat_span(ref.backend, ref.name, request.temperature, request.max_tokens) as span:
+                reply = await self.backend(ref.backend).chat(request)
+                if span is not None:
+                    telemetry.replied(
+                        span,
+                        model=reply.model,
+                        input_tokens=reply.usage.input_tokens,
+                        output_tokens=reply.usage.output_tokens,
+                        finish_reason=reply.finish_reason,
+                        cost_usd=reply.cost_usd,
+                    )
         except ModelError as exc:
             if record is not None:
                 failed = getattr(exc, "reply", None)  # an unparsable reply still cost time and tokens

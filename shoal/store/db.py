@@ -32,6 +32,7 @@ from shoal.status import ReviewStatus, RunStatus
 from shoal.store import migrations
 from shoal.store.learning import LearningRecords, upsert_examples
 from shoal.store.queue import WorkRecords
+from shoal.store.service import ServiceRecords
 from shoal.store.tables import (
     EscalationRow,
     Migration,
@@ -59,7 +60,7 @@ CHECKPOINT_TABLES = {
 }
 
 
-class Store(LearningRecords, WorkRecords):
+class Store(LearningRecords, WorkRecords, ServiceRecords):
     def __init__(self, location: str | Path) -> None:
         self.url: str | None = str(location) if is_url(location) else None
         self.path: Path | None = None

@@ -21,6 +21,7 @@ from shoal.batch import Outage
 from shoal.config import Settings
 from shoal.errors import PlanError, ShoalError, StoreError, TaskError, TransientModelError
 from shoal.inputs import check_text
+from shoal.notify import record_deliveries
 from shoal.status import AnsweredBy, RunStatus, StepStatus, TicketStatus
 from shoal.store.db import Store
 from shoal.store.tables import Step
@@ -237,7 +238,7 @@ class TicketDesk:
             queue = route(self.settings, outputs)
         elif ended == TicketStatus.WAITING:
             queue = self.settings.tickets.review_queue
-        self.store.put_ticket(
+        ended_row = self.store.put_ticket(
             ticket.source,
             ticket.key,
             status=ended,
@@ -245,6 +246,7 @@ class TicketDesk:
             result_json=json.dumps(fields, ensure_ascii=False),
             error=None if ended != TicketStatus.FAILED else (self.store.get_run(run_id) or ticket).error,
         )
+        record_deliveries(self.store, self.settings.serve, ended_row)  # webhooks, right after the row
 
 
 # what a ticket becomes when its run ends; any other end fails it
