@@ -27,7 +27,7 @@ import sys
 import typer
 from rich.text import Text
 
-from shoal.cli import backends, learning, maintenance, reading, reviewing, serve, working
+from shoal.cli import backends, learning, maintenance, reading, reviewing, serve, workers, working
 from shoal.cli.common import ConfigOption, err, settings
 from shoal.cli.working import fields_model
 from shoal.errors import ShoalError
