@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     )
     from shoal.status import (
         AnsweredBy,
-        DeliveryStatus,
         EscalationOutcome,
         LadderStatus,
         ReviewStatus,
@@ -62,9 +61,6 @@ if TYPE_CHECKING:
         RunStatus,
         StepStatus,
         TicketStatus,
-        WorkerStatus,
-        WorkKind,
-        WorkStatus,
     )
 
 __version__ = "0.1.0"
@@ -127,10 +123,6 @@ _HOMES: dict[str, str] = {
             "RunStatus",
             "StepStatus",
             "TicketStatus",
-            "DeliveryStatus",
-            "WorkerStatus",
-            "WorkKind",
-            "WorkStatus",
         ),
         "shoal.status",
     ),
@@ -158,7 +150,6 @@ __all__ = [
     "CallRecord",
     "ChatRequest",
     "ConfigError",
-    "DeliveryStatus",
     "EscalationOutcome",
     "HeadError",
     "InputFileError",
@@ -196,8 +187,5 @@ __all__ = [
     "UnsupportedCPUError",
     "Usage",
     "UsageError",
-    "WorkKind",
-    "WorkStatus",
-    "WorkerStatus",
     "__version__",
 ]
