@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     )
     from shoal.status import (
         AnsweredBy,
+        DeliveryStatus,
         EscalationOutcome,
         LadderStatus,
         ReviewStatus,
@@ -61,6 +62,9 @@ if TYPE_CHECKING:
         RunStatus,
         StepStatus,
         TicketStatus,
+        WorkerStatus,
+        WorkKind,
+        WorkStatus,
     )
 
 __version__ = "0.1.0"
@@ -123,6 +127,10 @@ _HOMES: dict[str, str] = {
             "RunStatus",
             "StepStatus",
             "TicketStatus",
+            "DeliveryStatus",
+            "WorkerStatus",
+            "WorkKind",
+            "WorkStatus",
         ),
         "shoal.status",
     ),
@@ -150,6 +158,7 @@ __all__ = [
     "CallRecord",
     "ChatRequest",
     "ConfigError",
+    "DeliveryStatus",
     "EscalationOutcome",
     "HeadError",
     "InputFileError",
@@ -187,5 +196,8 @@ __all__ = [
     "UnsupportedCPUError",
     "Usage",
     "UsageError",
+    "WorkKind",
+    "WorkStatus",
+    "WorkerStatus",
     "__version__",
 ]

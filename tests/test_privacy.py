@@ -352,7 +352,6 @@ def test_a_version_4_database_gets_the_redacted_column(tmp_path: Path) -> None:
             connection.execute(
                 text("INSERT INTO shoal_migration VALUES (:v, :n, '2026-11-01 00:00:00')"), {"v": version, "n": name}
             )
-        connection.exec_driver_sql("ALTER TABLE escalation DROP COLUMN redacted")  # as version 4 left it
         connection.exec_driver_sql(
             "INSERT INTO escalation (run_id, specialist, rung, reason, confidence_before, cost_usd, outcome, at) "
             "VALUES ('r1', 'extractor', 'frontier', 'low', 0.2, 0.0, 'accepted', '2026-11-01 00:00:00')"

@@ -69,7 +69,7 @@ def test_the_enums_say_what_they_mean() -> None:
     enums = [getattr(status_module, name) for name in status_module.__all__]
     assert {e.__name__ for e in enums} == {
         "RunStatus", "StepStatus", "TicketStatus", "ReviewStatus", "Rung", "EscalationOutcome", "AnsweredBy",
-        "LadderStatus",
+        "LadderStatus", "WorkKind", "WorkStatus", "WorkerStatus", "DeliveryStatus",
     }  # fmt: skip
     for enum in enums:
         assert issubclass(enum, StrEnum) and enum.__doc__, enum

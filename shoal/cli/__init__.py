@@ -11,6 +11,7 @@ One module per group of commands:
 - `backends`: `models`, `models pull`
 - `maintenance`: `prune`
 - `serve`: `serve` (the HTTP API; FastAPI loads inside it) and `tokens`
+- `workers`: `worker`, `workers`, and `triage --enqueue`'s report
 - `common`: consoles, checks on what was typed, cutting, progress for a terminal or a pipe
 
 Help is plain text (`rich_markup_mode=None`): Typer's Rich help loads Markdown and syntax
@@ -26,7 +27,7 @@ import sys
 import typer
 from rich.text import Text
 
-from shoal.cli import backends, learning, maintenance, reading, reviewing, serve, working
+from shoal.cli import backends, learning, maintenance, reading, reviewing, serve, workers, working
 from shoal.cli.common import ConfigOption, err, settings
 from shoal.cli.working import fields_model
 from shoal.errors import ShoalError
@@ -45,6 +46,8 @@ app.command("eval")(learning.eval_)
 app.command()(learning.train)
 app.command()(reading.heads)
 app.command()(maintenance.prune)
+app.command()(workers.worker)
+app.command()(workers.workers)
 app.add_typer(backends.models_app, name="models")
 app.command()(serve.serve)
 app.add_typer(serve.tokens_app, name="tokens")

@@ -28,6 +28,9 @@ def review(
     ] = None,
     accept: Annotated[bool, typer.Option(help="Accept the best answer the models gave.")] = False,
     who: Annotated[str, typer.Option(help="Who answers (recorded with the answer).")] = "cli",
+    queue: Annotated[
+        bool, typer.Option(help="Record the answer and let a `shoal worker` go on with the run, instead of here.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """List pending human decisions, show one, or answer it; its run then goes on at once."""
@@ -43,7 +46,10 @@ def review(
         item = shoal.review_detail(review_id)
         print_review(item, views.ticket_of_run(shoal.store, item.run_id))
         return
-    report = asyncio.run(shoal.closing(shoal.answer_review(review_id, answer, accept=accept, who=who)))
+    report = asyncio.run(shoal.closing(shoal.answer_review(review_id, answer, accept=accept, who=who, queue=queue)))
+    if queue:
+        console.print(literal(f"review {review_id} answered; run {report.run_id} is queued for a worker"))
+        return
     print_report(report, False)
 
 

@@ -186,6 +186,9 @@ def triage(
     concurrency: Annotated[int, typer.Option(help="Tickets in flight at once (helps with Ollama).")] = 1,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
     force: Annotated[bool, typer.Option(help="Triage again tickets already done.")] = False,
+    enqueue: Annotated[
+        bool, typer.Option(help="Only put the tickets on the database's queue, for `shoal worker` processes.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Triage a ticket queue: category, intent, priority, entities, summary, a first reply, a queue."""
@@ -206,6 +209,13 @@ def triage(
         )
     )
     source = ticket_source(file)
+    if enqueue:
+        from shoal.cli.workers import enqueue as queue_tickets
+
+        if out is not None:
+            raise typer.BadParameter("workers triage queued tickets later: export with a later `shoal triage --out`")
+        queue_tickets(shoal, rows, source, file, force=force)
+        return
     counts = TriageCounts()
     with Ticker("triage") as ticker:
 

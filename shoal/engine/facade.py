@@ -16,6 +16,7 @@ from shoal.agents.planner import Plan, Planner
 from shoal.backends import build_router
 from shoal.config import Settings
 from shoal.engine import admin, reviews, views
+from shoal.engine.queue import Enqueued, enqueue_tickets
 from shoal.engine.reports import HeadSummary, RunReport
 from shoal.engine.reviews import ReviewDetail
 from shoal.engine.runs import RunDriver
@@ -175,11 +176,18 @@ class Shoal:
     # --- reviews ----------------------------------------------------------------------------
 
     async def answer_review(
-        self, review_id: int, text: str | None = None, *, accept: bool = False, who: str = "a person"
+        self,
+        review_id: int,
+        text: str | None = None,
+        *,
+        accept: bool = False,
+        who: str = "a person",
+        queue: bool = False,
     ) -> RunReport:
         """Answer a review with what a person typed (JSON, a label, or plain text for a one-text
-        output), or `accept` the models' best answer; its run goes on at once. See `reviews`."""
-        return await reviews.answer(self.runs, review_id, text, accept=accept, who=who)
+        output), or `accept` the models' best answer; its run goes on at once, or (`queue`) on
+        whichever worker is free. See `reviews`."""
+        return await reviews.answer(self.runs, review_id, text, accept=accept, who=who, queue=queue)
 
     def review_detail(self, review_id: int) -> ReviewDetail:
         return reviews.detail(self.wiring, review_id)
@@ -210,6 +218,10 @@ class Shoal:
         return await self.tickets.triage(
             rows, source=source, concurrency=concurrency, force=force, on_ticket=on_ticket, on_pause=on_pause
         )
+
+    def enqueue_tickets(self, rows: Iterable[TicketRow | BadRow], *, source: str, force: bool = False) -> Enqueued:
+        """Put a batch on the database's queue for `shoal worker` processes (see `shoal.engine.queue`)."""
+        return enqueue_tickets(self.store, rows, source=source, max_chars=self.settings.tickets.max_chars, force=force)
 
     def export_tickets(self, source: str, keys: Sequence[str], out: Path) -> int:
         """Write these tickets' results to `out` (.jsonl or .csv), atomically; returns how many."""

@@ -274,10 +274,17 @@ def best_answer(store: Store, review_id: int) -> dict[str, Any] | None:
 
 
 async def answer(
-    runs: RunDriver, review_id: int, text: str | None = None, *, accept: bool = False, who: str = "a person"
+    runs: RunDriver,
+    review_id: int,
+    text: str | None = None,
+    *,
+    accept: bool = False,
+    who: str = "a person",
+    queue: bool = False,
 ) -> RunReport:
     """Answer a pending review with what a person typed (`text`), or `accept` the models' best
-    answer; the run then goes on at once. Nothing is stored unless the answer fits."""
+    answer; the run then goes on at once, or (`queue`) on whichever worker is free. Nothing is
+    stored unless the answer fits."""
     store = runs.store
     row = await store.offload(store.get_review, review_id)
     if row.status != ReviewStatus.PENDING:
@@ -296,4 +303,6 @@ async def answer(
                 f"answer it yourself: {row.specialist} takes {expects(specialist)}"
             )
         value = check_output(runs.wiring, row.specialist, specialist, best)
+    if queue:
+        return await runs.review_later(review_id, value, who=who)
     return await runs.review(review_id, value, who=who)

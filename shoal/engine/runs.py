@@ -83,9 +83,24 @@ class RunDriver:
         graph = await self.wiring.graph(run.workflow)
         snapshot = await graph.aget_state({"configurable": {"thread_id": run.id}})
         if snapshot.next:
-            return await self.drive(run.id, None)
+            # reviews answered meanwhile (by a person on another machine, or queued for a
+            # worker: `shoal review --queue`) are given to the interrupts that wait for them
+            answers = await self.store.offload(self._answers, [p.value for p in snapshot.interrupts])
+            resume = {p.id: answers[i] for i, p in enumerate(snapshot.interrupts) if i in answers}
+            return await self.drive(run.id, Command(resume=resume) if resume else None)
         state = {"run_id": run.id, "task": run.task, "plan": json.loads(run.plan_json) if run.plan_json else None}
         return await self.drive(run.id, state)
+
+    def _answers(self, waiting: list[Any]) -> dict[int, dict[str, Any]]:
+        """For each interrupt (by position) whose review is answered: what resumes it."""
+        found: dict[int, dict[str, Any]] = {}
+        for i, value in enumerate(waiting):
+            if not isinstance(value, dict) or not isinstance(value.get("review_id"), int):
+                continue
+            row = self.store.get_review(value["review_id"])
+            if row.status == ReviewStatus.ANSWERED and row.answer_json is not None:
+                found[i] = {"answer": json.loads(row.answer_json), "who": row.answered_by or "a person"}
+        return found
 
     async def review(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
         """Answer a pending human decision and let its run go on at once."""
@@ -102,6 +117,17 @@ class RunDriver:
             if isinstance(pending.value, dict) and pending.value.get("review_id") == review_id:
                 resume[pending.id] = {"answer": validated, "who": who}
         return await self.drive(row.run_id, Command(resume=resume) if resume else None)
+
+    async def review_later(self, review_id: int, answer: Any, *, who: str = "a person") -> RunReport:
+        """Record a person's answer and queue its run for whichever worker is free."""
+        from shoal.engine.queue import enqueue_resume
+
+        row = await self.store.offload(self.store.get_review, review_id)
+        run = await self.store.offload(self.store.find_run, row.run_id)
+        validated = self.validate_answer(row.specialist, answer, run.workflow)
+        await self.store.offload(self.store.answer_review, review_id, validated, who)
+        await self.store.offload(enqueue_resume, self.store, row.run_id)
+        return await self.store.offload(self.report, row.run_id)
 
     def validate_answer(self, specialist: str, answer: Any, workflow: str = TASK) -> Any:
         """A person's answer as the specialist's output (JSON data), or an error saying why it does

@@ -392,6 +392,10 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         assert found is not None
         return found
 
+    def get_ticket_by_id(self, row_id: str) -> Ticket | None:
+        with self.session() as session:
+            return session.get(Ticket, row_id)
+
     def ticket_for_run(self, run_id: str) -> Ticket | None:
         with self.session() as session:
             return session.exec(select(Ticket).where(Ticket.run_id == run_id)).first()
