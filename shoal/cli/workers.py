@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +14,7 @@ from rich.text import Text
 
 from shoal.cli.common import ConfigOption, console, engine, err, literal
 from shoal.cli.reading import fixed, free, table
-from shoal.status import WorkerStatus, WorkStatus
+from shoal.status import WorkStatus
 
 if TYPE_CHECKING:
     from shoal.engine.facade import Shoal
@@ -108,30 +108,23 @@ def workers(
 ) -> None:
     """Workers and the queue: each worker's host, state, current item and last heartbeat."""
     from shoal.cli.common import settings
-    from shoal.store.db import Store
+    from shoal.cli.reading import db_path
+    from shoal.engine import views
 
-    chosen = settings(config)
-    store = Store(chosen.db_path)
-    try:
-        silent = datetime.now(UTC) - timedelta(seconds=chosen.workers.lease_s)
-        rows = store.workers(since=None if all_ else silent)
-        counts = store.work_counts()
-    finally:
-        store.close()
+    board = views.work_board(db_path(config), lease_s=settings(config).workers.lease_s)
+    rows = board.workers if all_ else board.live
     grid = table()
     fixed(grid, "worker")
     fixed(grid, "state")
     fixed(grid, "done", "failed", right=True)
     fixed(grid, "heartbeat", right=True)
     free(grid, "working on")
-    now = datetime.now(UTC)
     for row in rows:
-        age = (now - row.heartbeat_at.replace(tzinfo=UTC)).total_seconds()
-        state = str(row.status) if row.status == WorkerStatus.STOPPED or age < chosen.workers.lease_s else "silent"
-        grid.add_row(row.id, state, str(row.done), str(row.failed), f"{age:.0f}s ago", row.current or "")
+        state = "silent" if row.silent else str(row.status)
+        grid.add_row(row.id, state, str(row.done), str(row.failed), f"{row.heard_s:.0f}s ago", row.current or "")
     if rows:
         console.print(grid)
     else:
         console.print("no live workers" + ("" if all_ else " (--all lists those that stopped)"))
-    queue = ", ".join(f"{counts.get(s, 0)} {s}" for s in WorkStatus)
+    queue = ", ".join(f"{n} {status}" for status, n in board.queue.items())
     console.print(literal(f"queue: {queue}"), soft_wrap=True)

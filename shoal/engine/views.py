@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
@@ -24,7 +24,17 @@ from pydantic import BaseModel, Field
 from shoal.dburl import is_url, libpq_url, redact_url
 from shoal.engine.reports import HeadSummary
 from shoal.errors import StoreError
-from shoal.status import AnsweredBy, EscalationOutcome, ReviewStatus, Rung, RunStatus, StepStatus, TicketStatus
+from shoal.status import (
+    AnsweredBy,
+    EscalationOutcome,
+    ReviewStatus,
+    Rung,
+    RunStatus,
+    StepStatus,
+    TicketStatus,
+    WorkerStatus,
+    WorkStatus,
+)
 
 if TYPE_CHECKING:  # SQLAlchemy: only for callers that already hold a Store
     from shoal.store.db import Store
@@ -479,3 +489,50 @@ def exchange(call: CallLine) -> Exchange:
     elif call.raw_text is not None:
         reply = call.raw_text
     return Exchange(turns=turns, options=options, reply=reply, error=call.error)
+
+
+# --- workers and the work queue (`shoal workers`, the TUI's Runs screen) -----------------------
+
+
+class WorkerLine(BaseModel):
+    """A worker process as `shoal workers` lists it."""
+
+    id: str
+    host: str
+    status: WorkerStatus
+    current: str | None = None
+    done: int = 0
+    failed: int = 0
+    heartbeat_at: datetime
+    silent: bool = False  # not heard from for a lease's length: killed, or its machine gone
+
+    @property
+    def heard_s(self) -> float:
+        """Seconds since its last heartbeat."""
+        return (datetime.now(UTC) - self.heartbeat_at.replace(tzinfo=UTC)).total_seconds()
+
+
+class WorkBoard(BaseModel):
+    workers: list[WorkerLine]
+    queue: dict[WorkStatus, int]
+
+    @property
+    def live(self) -> list[WorkerLine]:
+        return [w for w in self.workers if w.status != WorkerStatus.STOPPED and not w.silent]
+
+
+def work_board(db: Location, *, lease_s: float) -> WorkBoard:
+    """Every worker (newest first, each marked silent when its heartbeat is older than a lease)
+    and the queue's items by status."""
+
+    def query(connection: ReadConnection) -> WorkBoard:
+        sql = "SELECT id, host, status, current, done, failed, heartbeat_at FROM worker ORDER BY started_at DESC"
+        rows = [WorkerLine.model_validate(row) for row in _rows(connection, sql)]
+        for row in rows:
+            row.silent = row.status != WorkerStatus.STOPPED and row.heard_s > lease_s
+        counts = {
+            WorkStatus(s): int(n) for s, n in connection.execute("SELECT status, COUNT(*) FROM work GROUP BY status")
+        }
+        return WorkBoard(workers=rows, queue={s: counts.get(s, 0) for s in WorkStatus})
+
+    return read(db, query)

@@ -72,6 +72,9 @@ class Core:
     def run_lines(self, status: RunStatus | None = None) -> list[views.RunLine]:
         return views.run_lines(self.store, status=status)
 
+    def work_board(self) -> views.WorkBoard:
+        return views.work_board(self.store, lease_s=self.settings.workers.lease_s)
+
     def run_detail(self, run_id: str) -> views.RunDetail:
         return views.run_detail(self.store, run_id)
 

@@ -11,7 +11,7 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Static
 
-from shoal.status import RunStatus
+from shoal.status import RunStatus, WorkStatus
 from shoal.tui.data import STATUSES, one_line
 from shoal.tui.screens.run_detail import RunScreen
 from shoal.tui.widgets import ShoalScreen, cells, keep_cursor, selected_key
@@ -67,7 +67,7 @@ class RunsScreen(ShoalScreen):
             )
         keep_cursor(table, selected)
         shown = self.status_filter or "all"
-        bar.update(f"status: {shown}  ({table.row_count} runs)  f: next filter, enter: open")
+        bar.update(f"status: {shown}  ({table.row_count} runs)  f: next filter, enter: open{workers(self.core)}")
 
     def action_filter(self) -> None:
         position = STATUSES.index(self.status_filter)
@@ -92,3 +92,14 @@ class RunsScreen(ShoalScreen):
             yield SystemCommand(
                 f"Show {label} runs", f"Filter the runs by status: {label}", partial(self.show_status, status)
             )
+
+
+def workers(core: Core) -> str:
+    """The workers' line under the filter (only when this database has a work queue in use)."""
+    board = core.work_board()
+    if not board.workers and not any(board.queue.values()):
+        return ""
+    live = board.live
+    doing = "; ".join(f"{w.id.split(':')[0]}: {w.current}" for w in live if w.current)
+    queued = board.queue.get(WorkStatus.QUEUED, 0)
+    return f"\nworkers: {len(live)} live, {queued} queued" + (f" ({doing})" if doing else "")
