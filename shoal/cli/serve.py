@@ -28,12 +28,17 @@ def serve(
         str | None, typer.Option("--host", help="Address to listen on (default: [serve] host, 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default: [serve] port, 8000)")] = None,
+    work: Annotated[
+        bool,
+        typer.Option("--worker/--no-worker", help="Also triage queued tickets here, as a `shoal worker` would."),
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Serve the HTTP API: submit tickets, read results, answer reviews, /metrics, OpenAPI at /docs.
 
     Every /v1 route needs `Authorization: Bearer TOKEN` (`shoal tokens create NAME`). Submitted
-    tickets are triaged in this process; results go to the [serve] webhooks, signed with the
+    tickets go on the database's work queue; this process works on it too unless --no-worker
+    (then `shoal worker` processes do). Results go to the [serve] webhooks, signed with the
     secret in SHOAL_WEBHOOK_SECRET."""
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         if importlib.util.find_spec(module) is None:
@@ -49,7 +54,7 @@ def serve(
         literal(f"shoal serving on http://{host or chosen.host}:{port or chosen.port} (docs at /docs), "
                 f"database {shoal.store.where}")
     )  # fmt: skip
-    uvicorn.run(create_app(shoal), host=host or chosen.host, port=port or chosen.port, log_level="info")
+    uvicorn.run(create_app(shoal, work=work), host=host or chosen.host, port=port or chosen.port, log_level="info")
 
 
 @tokens_app.command("create")

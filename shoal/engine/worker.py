@@ -64,6 +64,11 @@ class Worker:
         self.stats = WorkerStats()
         self._current: dict[int, str] = {}
         self._outage_s = 0.0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll (new work was just queued here)."""
+        self._wake.set()
 
     async def run(self, *, stop: asyncio.Event | None = None, drain: bool = False) -> WorkerStats:
         stop = stop or asyncio.Event()
@@ -101,13 +106,22 @@ class Worker:
             if item is None:
                 if drain and not await self._work_left():
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.poll_s)
+                await self._idle(stop)
                 continue
             await self._hold(item, stop)
             if self._outage_s:  # the model server is down: wait before asking for more work
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._outage_s)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait a poll interval, or less if stopped or woken."""
+        self._wake.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.settings.poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _work_left(self) -> bool:
         counts = await self.store.offload(self.store.work_counts)

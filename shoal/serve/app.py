@@ -55,12 +55,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(shoal: Shoal, *, deliver: bool = True, close_engine: bool = True) -> FastAPI:
-    """The API around `shoal`. While it runs it triages submitted tickets in-process and, with
-    `deliver`, sends webhook deliveries; `close_engine` closes the engine when it stops."""
+def create_app(shoal: Shoal, *, deliver: bool = True, work: bool = True, close_engine: bool = True) -> FastAPI:
+    """The API around `shoal`. While it runs it works on the queue like a `shoal worker` (with
+    `work`; without, `shoal worker` processes do) and, with `deliver`, sends webhook deliveries;
+    `close_engine` closes the engine when it stops."""
     settings = shoal.settings.serve
     auth = Auth(shoal.store, settings.rate_per_minute)
-    intake = Intake(shoal, settings.concurrency)
+    intake = Intake(shoal, settings.concurrency, work=work)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -87,7 +88,7 @@ def create_app(shoal: Shoal, *, deliver: bool = True, close_engine: bool = True)
     app.state.intake = intake
     _errors(app)
     app.include_router(_tickets(shoal, auth, intake))
-    app.include_router(_reviews_and_runs(shoal, auth))
+    app.include_router(_reviews_and_runs(shoal, auth, intake))
     app.include_router(_operations(shoal, auth))
     # outermost, so an oversized body is refused before anything reads it
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -180,7 +181,7 @@ def ticket_out(row: Ticket, *, created: bool = False, conflict: bool = False) ->
 # --- reviews and runs ----------------------------------------------------------------------
 
 
-def _reviews_and_runs(shoal: Shoal, auth: Auth) -> APIRouter:
+def _reviews_and_runs(shoal: Shoal, auth: Auth, intake: Intake) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
     store = shoal.store
 
@@ -192,7 +193,8 @@ def _reviews_and_runs(shoal: Shoal, auth: Auth) -> APIRouter:
     @router.post("/reviews/{review_id}", tags=["reviews"])
     async def answer(review_id: int, body: ReviewAnswer, request: Request) -> dict[str, Any]:
         """Answer a review (`answer`: the specialist's output as JSON, a label, or plain text),
-        or `accept` the models' best answer; the run goes on at once and its report comes back."""
+        or `accept` the models' best answer; the run is queued to go on on a free worker, and its
+        report as it stands comes back (the result follows at GET /v1/tickets/{id} and on the webhooks)."""
         try:
             row = await asyncio.to_thread(store.get_review, review_id)
         except StoreError:
@@ -202,7 +204,8 @@ def _reviews_and_runs(shoal: Shoal, auth: Auth) -> APIRouter:
         given = body.answer if not isinstance(body.answer, dict) else json.dumps(body.answer, ensure_ascii=False)
         who = body.who or caller(request).name
         try:
-            report = await shoal.answer_review(review_id, given, accept=body.accept, who=who)
+            report = await shoal.answer_review(review_id, given, accept=body.accept, who=who, queue=True)
+            intake.wake()
         except AnswerError as exc:
             raise _invalid("body.answer", str(exc)) from None
         except StoreError as exc:  # answered by someone else between the check and now

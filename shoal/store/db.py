@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,6 +82,8 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
             event.listen(self.engine, "connect", _pragmas)
         self.dialect: str = self.engine.dialect.name
         self._checkpoint_tables: set[str] = set()
+        self._writer: Connection | None = None
+        self._writer_lock = threading.Lock()
         # One thread runs every store call made from async code. A call made on the event loop
         # itself would block it while it waits for SQLite's lock, and the lock may be held by
         # LangGraph's checkpointer, which needs that very loop to commit: a deadlock until the
@@ -123,9 +126,18 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         `exclusive`: for a read-then-write that must not be raced (numbering a head, taking a
         lease). SQLite takes its write lock up front (BEGIN IMMEDIATE); PostgreSQL relies on the
         row locks the statements take (`FOR UPDATE`), or on an advisory lock the caller takes."""
-        if self.dialect != "sqlite" or not exclusive:
+        if self.dialect != "sqlite":
             with self.engine.begin() as connection:
                 yield connection
+            return
+        if not exclusive:
+            # SQLite takes one writer at a time anyway: this process's writes share one
+            # connection, which saves a pool checkout per transaction on every step's write
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = self.engine.connect()
+                with self._writer.begin():
+                    yield self._writer
             return
         with self.engine.connect() as plain:
             connection = plain.execution_options(isolation_level="AUTOCOMMIT")
@@ -319,6 +331,10 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         upsert_examples(connection, examples)
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

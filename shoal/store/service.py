@@ -11,6 +11,7 @@ take turns anyway, in an immediate transaction. A mixin of `Store`, like `shoal.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -21,8 +22,8 @@ from sqlalchemy import Connection, DateTime, bindparam, func, insert, text, upda
 from sqlmodel import Session, col, select
 
 from shoal.errors import StoreError
-from shoal.status import DeliveryStatus, TicketStatus
-from shoal.store.tables import ApiToken, Ticket, WebhookDelivery, now, ticket_id
+from shoal.status import DeliveryStatus, TicketStatus, WorkKind, WorkStatus
+from shoal.store.tables import ApiToken, Ticket, WebhookDelivery, Work, now, ticket_id
 
 TOKEN_PREFIX = "shoal_"
 
@@ -102,8 +103,9 @@ class ServiceRecords:
         created: list[bool] = []
         with self.transaction() as connection:
             for key, body, digest in tickets:
+                row_id = ticket_id(source, key)
                 values = {
-                    "id": ticket_id(source, key),
+                    "id": row_id,
                     "source": source,
                     "key": key,
                     "text_hash": digest,
@@ -111,8 +113,28 @@ class ServiceRecords:
                     "text": body,
                     "at": stamp,
                 }
-                created.append(connection.execute(statement, values).rowcount == 1)
+                new = connection.execute(statement, values).rowcount == 1
+                if new:  # its work item in the same transaction: a ticket is never kept unqueued
+                    connection.execute(insert(Work), _ticket_work(row_id, stamp))
+                created.append(new)
         return created
+
+    def enqueue_unqueued(self, source: str) -> int:
+        """Queue `source`'s unfinished tickets that have no open work item (rows a server kept
+        before submissions were queued); how many."""
+        stamp = now()
+        with self.transaction() as connection:
+            open_items = select(Work.ticket_id).where(col(Work.status).in_([WorkStatus.QUEUED, WorkStatus.LEASED]))
+            orphans = connection.execute(
+                select(Ticket.id)
+                .where(Ticket.source == source, col(Ticket.text).is_not(None))
+                .where(col(Ticket.status).in_([TicketStatus.PENDING, TicketStatus.RUNNING]))
+                .where(col(Ticket.id).not_in(open_items))
+            ).scalars()
+            rows = [_ticket_work(str(ticket), stamp) for ticket in orphans]
+            if rows:
+                connection.execute(insert(Work), rows)
+        return len(rows)
 
     def unfinished_tickets(self, source: str, *, limit: int = 100) -> list[Ticket]:
         """Tickets of `source` not triaged to an end yet (pending or running), oldest first."""
@@ -217,3 +239,17 @@ class ServiceRecords:
 
 def _stamp(*names: str) -> list[Any]:
     return [bindparam(name, type_=DateTime()) for name in names]
+
+
+def _ticket_work(ticket: str, stamp: datetime) -> dict[str, Any]:
+    """A work item that triages one ticket (as `shoal.engine.queue.enqueue_tickets` makes them)."""
+    return {
+        "kind": WorkKind.TICKET,
+        "ticket_id": ticket,
+        "run_id": None,
+        "payload": json.dumps({"ticket_id": ticket, "run_id": None, "force": False}),
+        "status": WorkStatus.QUEUED,
+        "attempts": 0,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
