@@ -304,7 +304,7 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         on the hot path building one costs more than the write). Returns the row id."""
         row = {**_STEP_DEFAULTS, "started_at": now(), **values}
         with self.transaction() as connection:
-            step_id = _new_id(connection.execute(insert(Step), row))
+            step_id = _insert_rows(connection, Step, [row])
             self._children(connection, calls, escalations, review, examples)
         return step_id
 
@@ -319,7 +319,7 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         """What a step's row brings along: its model calls, escalations, review and examples."""
         if calls:
             stamp = now()
-            connection.execute(insert(ModelCall), [{**_CALL_DEFAULTS, "created_at": stamp, **c} for c in calls])
+            _insert_rows(connection, ModelCall, [{**_CALL_DEFAULTS, "created_at": stamp, **c} for c in calls])
         for item in escalations:
             values = item.model_dump(exclude={"id"})
             if item.id is None:
@@ -628,6 +628,44 @@ def _new_id(result: Any) -> int:
     return int(result.inserted_primary_key[0])
 
 
+def _insert_rows(connection: Connection, model: Any, rows: list[dict[str, Any]]) -> int:
+    """Plain rows into `model`'s table (a column not given is NULL; a step's write is the hot path);
+    returns the id of the last. On SQLite the statement is compiled once and its values bound
+    as SQLAlchemy would, since its per-statement machinery cost more than the write itself
+    (`benchmarks/orchestration_overhead.py`); on PostgreSQL a Core insert."""
+    if connection.dialect.name != "sqlite":
+        return _new_id(connection.execute(insert(model), rows[0])) if len(rows) == 1 else _many(connection, model, rows)
+    sql, columns = _SQLITE_INSERT[model.__tablename__]
+    params = [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows]
+    if len(params) == 1:
+        return int(connection.exec_driver_sql(sql, params[0]).lastrowid)
+    connection.exec_driver_sql(sql, params)
+    return 0
+
+
+def _many(connection: Connection, model: Any, rows: list[dict[str, Any]]) -> int:
+    connection.execute(insert(model), rows)
+    return 0
+
+
+def _sqlite_value(value: Any) -> Any:
+    """A value as SQLAlchemy binds it on SQLite: datetimes in its text format (UTC, as stored),
+    enums by their value."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _sqlite_insert(model: Any) -> tuple[str, list[str]]:
+    columns = [c.name for c in model.__table__.columns if c.name != "id"]
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {model.__tablename__} ({', '.join(columns)}) VALUES ({marks})", columns
+
+
 def _defaults(table: Any) -> dict[str, Any]:
     """A table's plain column defaults, so a row given as a dict needs only what differs."""
     return {
@@ -639,6 +677,7 @@ def _defaults(table: Any) -> dict[str, Any]:
 
 _STEP_DEFAULTS = _defaults(Step.__table__)  # type: ignore[attr-defined]
 _CALL_DEFAULTS = _defaults(ModelCall.__table__)  # type: ignore[attr-defined]
+_SQLITE_INSERT = {m.__tablename__: _sqlite_insert(m) for m in (Step, ModelCall)}
 
 _FINISH_RUN = text(
     "UPDATE run SET status = :status, seconds = seconds + :elapsed, owner_pid = NULL, error = :error, "
