@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +15,9 @@ from shoal.cli.reading import fixed, free, table
 from shoal.status import WorkStatus
 
 if TYPE_CHECKING:
+    import asyncio
+    import signal
+
     from shoal.engine.facade import Shoal
     from shoal.engine.worker import WorkEvent
     from shoal.tickets.files import BadRow, TicketRow
@@ -49,6 +50,9 @@ def worker(
     items in hand back to the queue; a worker killed outright loses nothing either: once its
     lease ends ([workers] lease_s) another worker resumes its items from their finished steps.
     """
+    import asyncio
+    import signal
+
     from shoal.engine.worker import Worker
 
     shoal = engine(config)
