@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from shoal.models.router import ModelRouter
 from shoal.models.scripted import ScriptedBackend
 from shoal.status import ReviewStatus, RunStatus
 from shoal.store import Store
-from shoal.store.tables import Head
 
 PLAN = {
     "steps": [
@@ -121,39 +119,6 @@ async def test_concurrent_runs_share_one_server(pg_url: str) -> None:
         store.close()
 
 
-def test_heads_examples_tickets_spend_and_embeddings(pg_url: str) -> None:
-    store = Store(pg_url)
-    try:
-        first = store.add_head(_head(), activate=True)
-        second = store.add_head(_head(), activate=True)
-        assert (first.version, second.version) == (1, 2)
-        assert store.active_head("classifier").version == 2  # type: ignore[union-attr]
-        store.activate_head("classifier", 1)
-        assert store.active_head("classifier").version == 1  # type: ignore[union-attr]
-
-        store.add_examples([{"specialist": "classifier", "text": "refund", "label": "REFUND", "source": "human"}])
-        store.add_examples([{"specialist": "classifier", "text": "refund", "label": "ORDER", "source": "human"}])
-        assert [(e.label, e.source) for e in store.examples("classifier")] == [("ORDER", "human")]
-        assert store.example_counts() == {"classifier": {"human": 1}}
-
-        store.cache_vectors("m", {"k1": b"\x00\x01", "k2": b"\x02"}, 1)
-        store.cache_vectors("m", {"k1": b"\xff"}, 1)  # the first vector stays
-        assert store.cached_vectors("m", ["k1", "k2", "k3"]) == {"k1": b"\x00\x01", "k2": b"\x02"}
-
-        ticket = store.put_ticket("export.csv", "T-1", line=1, text_hash="h", status="pending")
-        store.put_ticket("export.csv", "T-1", status="done", queue="billing")
-        again = store.get_ticket("export.csv", "T-1")
-        assert again is not None and again.id == ticket.id and again.queue == "billing" and again.status == "done"
-
-        store.add_spend(0.25, model="gpt")
-        from datetime import UTC, datetime
-
-        assert store.frontier_spent_since(datetime.now(UTC) - timedelta(minutes=1)) == pytest.approx(0.25)
-        assert store.size_bytes() > 0
-    finally:
-        store.close()
-
-
 async def test_prune_on_postgres(pg_url: str) -> None:
     shoal = shoal_on(pg_url, *(['{"label": "ORDER"}', '{"ids": []}'] * 2))
     try:
@@ -183,7 +148,3 @@ def test_the_read_only_commands_read_the_server(pg_url: str, tmp_path: Path) -> 
     )
     assert failed.returncode != 0
     assert "Check that the server runs" in failed.stderr and "pw" not in failed.stderr
-
-
-def _head() -> Head:
-    return Head(specialist="classifier", version=0, embed_model="m", blob=b"npz")
