@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 from fakeollama import FakeOllama, fake_ollama
+from sqlmodel import col, select
 
 from shoal.status import TicketStatus, WorkerStatus, WorkKind, WorkStatus
 from shoal.store import Store
+from shoal.store.tables import Work
 
 SPECIALISTS = ("category", "intent", "priority", "entities", "summary", "reply")
 TEXTS = [
@@ -229,5 +231,44 @@ def test_a_review_answered_with_queue_is_resumed_by_a_free_worker(tmp_path: Path
             (ticket,) = store.tickets()
             assert ticket.status == TicketStatus.DONE, ticket
             assert store.get_run(ticket.run_id or "").status == "done"  # type: ignore[union-attr]
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize(("engine", "n"), [("sqlite", 100), ("postgresql", 200)])
+def test_four_workers_two_killed_every_ticket_done_once(
+    tmp_path: Path, request: pytest.FixtureRequest, engine: str, n: int
+) -> None:
+    database = str(tmp_path / "shoal.db") if engine == "sqlite" else str(request.getfixturevalue("pg_url"))
+    with fake_ollama(latency_s=0.05) as fake:
+        write_config(tmp_path, fake, lease_s=5)
+        write_csv(tmp_path / "tickets.csv", n)
+        assert done(cli(tmp_path, database, "triage", "tickets.csv", "--id", "ticket_id", "--enqueue"))[0] == 0
+        workers = [cli(tmp_path, database, "worker", "--drain") for _ in range(4)]
+        store = Store(database)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and store.work_counts().get(WorkStatus.DONE, 0) < n // 10:
+                time.sleep(0.2)
+            for victim in workers[:2]:  # mid-ticket: each holds a lease it will never renew
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait()
+            finished = {(s.run_id, s.step_id) for r in store.list_runs(limit=n) for s in store.steps(r.id)}
+            paid = Counter((c.run_id, c.step_id) for r in store.list_runs(limit=n) for c in store.model_calls(r.id))
+            for survivor in workers[2:]:
+                code, _, err = done(survivor, timeout=900)
+                assert code == 0, err
+            tickets = store.tickets()
+            assert len(tickets) == n and {t.status for t in tickets} == {TicketStatus.DONE}
+            runs = store.list_runs(limit=n * 2)
+            assert len(runs) == n and {t.run_id for t in tickets} == {r.id for r in runs}  # one run a ticket
+            assert store.work_counts() == {WorkStatus.DONE: n}
+            with store.session() as session:
+                taken_over = session.exec(select(Work).where(col(Work.attempts) > 1)).all()
+            assert taken_over, "no item was held by a killed worker: the test killed nothing mid-ticket"
+            after = Counter((c.run_id, c.step_id) for r in runs for c in store.model_calls(r.id))
+            repeated = [key for key in finished if after[key] != paid[key]]
+            assert repeated == [], f"finished steps paid again: {repeated}"
+            assert max(after.values()) <= 2  # only a step cut off mid-call may have called twice
         finally:
             store.close()
