@@ -130,6 +130,14 @@ def cli(folder: Path, db: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Workers a failed test left running (they would poll the queue forever) are killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def done(proc: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -202,6 +210,7 @@ def test_a_worker_killed_mid_ticket_loses_nothing_and_pays_no_step_twice(tmp_pat
             assert store.work_counts() == {WorkStatus.DONE: 1}
         finally:
             store.close()
+            reap([victim])
 
 
 def test_a_review_answered_with_queue_is_resumed_by_a_free_worker(tmp_path: Path, database: str) -> None:
@@ -272,3 +281,4 @@ def test_four_workers_two_killed_every_ticket_done_once(
             assert max(after.values()) <= 2  # only a step cut off mid-call may have called twice
         finally:
             store.close()
+            reap(workers)
