@@ -220,3 +220,38 @@ async def test_waiting_runs_are_kept_unless_named(tmp_path: Path) -> None:
         ticket = connection.execute("SELECT status, run_id, result_json FROM ticket WHERE key = 'T1'").fetchone()
     assert threads == 0
     assert ticket[0] == "failed" and ticket[1] is None and ticket[2]  # the row and its fields stay
+
+
+def test_long_prompt_texts_are_kept_once_and_read_back_whole(tmp_path: Path) -> None:
+    from shoal.store import Store
+    from shoal.store.prompts import KEY, pack, unpack
+
+    system = "Classify the customer's message. " * 20
+    schema = {"properties": {"label": {"enum": [f"L{i}" for i in range(40)]}}, "type": "object"}
+    request = json.dumps(
+        {
+            "model": "m",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "short"}],
+            "output_schema": schema,
+        }
+    )
+    packed, parts = pack(request)
+    assert len(parts) == 2 and len(packed) < len(request) / 3 and '"short"' in packed and KEY in packed
+    assert json.loads(unpack(packed, parts)) == json.loads(request)
+    assert pack("not json") == ("not json", {}) and pack('{"model": "m"}') == ('{"model": "m"}', {})
+
+    store = Store(tmp_path / "shoal.db")
+    try:
+        store.create_run("r1", "task")
+        for n in range(3):  # three calls, one copy of each long text
+            call = {"run_id": "r1", "step_id": f"s{n}", "model": "m", "request_json": request}
+            store.insert_step({"run_id": "r1", "step_id": f"s{n}", "specialist": "c"}, [call])
+        with store.engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT COUNT(*) FROM prompt").scalar()
+            raw = [r[0] for r in connection.exec_driver_sql("SELECT request_json FROM modelcall")]
+        assert kept == 2 and all(len(r) < len(request) / 3 for r in raw)
+        assert all(json.loads(c.request_json) == json.loads(request) for c in store.model_calls("r1"))
+        (first, *_) = run_detail(store, "r1").calls
+        assert json.loads(first.request_json) == json.loads(request)
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
@@ -35,6 +36,7 @@ from shoal.status import (
     WorkerStatus,
     WorkStatus,
 )
+from shoal.store.prompts import unpack_all
 
 if TYPE_CHECKING:  # SQLAlchemy: only for callers that already hold a Store
     from shoal.store.db import Store
@@ -256,6 +258,17 @@ def _rows(connection: ReadConnection, sql: str, params: Sequence[Any] = ()) -> I
         yield dict(zip(names, row, strict=True))
 
 
+def _prompt_texts(connection: ReadConnection, hashes: set[str]) -> dict[str, str]:
+    """Kept prompt texts by hash (`shoal.store.prompts`), for the calls a view shows."""
+    wanted = sorted(hashes)
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
+        chunk = wanted[start : start + 500]
+        sql = f"SELECT hash, text FROM prompt WHERE hash IN ({', '.join('?' * len(chunk))})"
+        found.update((str(h), str(t)) for h, t in connection.execute(sql, chunk))
+    return found
+
+
 def _status(value: str | RunStatus) -> RunStatus:
     try:
         return RunStatus(value)
@@ -304,10 +317,9 @@ def run_detail(db: Location, run_id: str) -> RunDetail:
             EscalationLine.model_validate(row)
             for row in _rows(connection, f"SELECT {_ESCALATION} FROM escalation WHERE run_id = ? ORDER BY id", of_run)
         ]
-        calls = [
-            CallLine.model_validate(row)
-            for row in _rows(connection, f"SELECT {_CALL} FROM modelcall WHERE run_id = ? ORDER BY id", of_run)
-        ]
+        stored = list(_rows(connection, f"SELECT {_CALL} FROM modelcall WHERE run_id = ? ORDER BY id", of_run))
+        whole = unpack_all((row["request_json"] for row in stored), partial(_prompt_texts, connection))
+        calls = [CallLine.model_validate({**row, "request_json": r}) for row, r in zip(stored, whole, strict=True)]
         return RunDetail(run=run, steps=steps, escalations=escalations, calls=calls)
 
     return read(db, query)

@@ -30,7 +30,7 @@ from sqlmodel import Session, col, create_engine, select
 from shoal.dburl import is_url, redact_url, sqlalchemy_url
 from shoal.errors import StoreError
 from shoal.status import ReviewStatus, RunStatus
-from shoal.store import migrations
+from shoal.store import migrations, prompts
 from shoal.store.learning import LearningRecords, upsert_examples
 from shoal.store.queue import WorkRecords
 from shoal.store.service import ServiceRecords
@@ -38,6 +38,7 @@ from shoal.store.tables import (
     EscalationRow,
     Migration,
     ModelCall,
+    Prompt,
     Review,
     Run,
     Spend,
@@ -319,7 +320,14 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
         """What a step's row brings along: its model calls, escalations, review and examples."""
         if calls:
             stamp = now()
-            _insert_rows(connection, ModelCall, [{**_CALL_DEFAULTS, "created_at": stamp, **c} for c in calls])
+            rows = [{**_CALL_DEFAULTS, "created_at": stamp, **c} for c in calls]
+            texts: dict[str, str] = {}
+            for row in rows:
+                row["request_json"], parts = prompts.pack(row["request_json"])
+                texts.update(parts)
+            if texts:  # a text some earlier call kept already stays as it is
+                connection.execute(_KEEP_PROMPT, [{"h": h, "t": t, "at": stamp} for h, t in texts.items()])
+            _insert_rows(connection, ModelCall, rows)
         for item in escalations:
             values = item.model_dump(exclude={"id"})
             if item.id is None:
@@ -340,11 +348,27 @@ class Store(LearningRecords, WorkRecords, ServiceRecords):
             self._executor = None
         self.engine.dispose()
 
-    def model_calls(self, run_id: str) -> list[ModelCall]:
+    def prompt_texts(self, hashes: set[str]) -> dict[str, str]:
+        """The kept prompt texts of these hashes (see `shoal.store.prompts`)."""
+        found: dict[str, str] = {}
+        wanted = sorted(hashes)
         with self.session() as session:
-            return list(
+            for start in range(0, len(wanted), 500):  # SQLite caps bound parameters
+                chunk = wanted[start : start + 500]
+                found.update(session.exec(select(Prompt.hash, Prompt.text).where(col(Prompt.hash).in_(chunk))).all())
+        return found
+
+    def model_calls(self, run_id: str) -> list[ModelCall]:
+        """A run's calls, each request whole again (its kept prompt texts put back)."""
+        with self.session() as session:
+            rows = list(
                 session.exec(select(ModelCall).where(ModelCall.run_id == run_id).order_by(col(ModelCall.id))).all()
             )
+        for row, request in zip(
+            rows, prompts.unpack_all((r.request_json for r in rows), self.prompt_texts), strict=True
+        ):
+            row.request_json = request
+        return rows
 
     def escalations(self, run_id: str) -> list[EscalationRow]:
         with self.session() as session:
@@ -678,6 +702,10 @@ def _defaults(table: Any) -> dict[str, Any]:
 _STEP_DEFAULTS = _defaults(Step.__table__)  # type: ignore[attr-defined]
 _CALL_DEFAULTS = _defaults(ModelCall.__table__)  # type: ignore[attr-defined]
 _SQLITE_INSERT = {m.__tablename__: _sqlite_insert(m) for m in (Step, ModelCall)}
+
+_KEEP_PROMPT = text(
+    "INSERT INTO prompt (hash, text, created_at) VALUES (:h, :t, :at) ON CONFLICT (hash) DO NOTHING"
+).bindparams(bindparam("at", type_=DateTime()))
 
 _FINISH_RUN = text(
     "UPDATE run SET status = :status, seconds = seconds + :elapsed, owner_pid = NULL, error = :error, "

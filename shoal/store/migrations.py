@@ -170,6 +170,16 @@ def _v7(connection: Connection) -> None:
     )
 
 
+def _v8(connection: Connection) -> None:
+    # Long prompt texts (system prompts, output schemas, long tickets) kept once, named by hash
+    # from each call's request (`shoal.store.prompts`): they were most of a ticket's bytes.
+    ddl(
+        connection,
+        "CREATE TABLE prompt (hash VARCHAR NOT NULL, text VARCHAR NOT NULL, created_at {ts} NOT NULL, "
+        "PRIMARY KEY (hash))",
+    )
+
+
 Migration = tuple[int, str, Callable[[Connection], None]]
 
 # Numbered, append-only.
@@ -181,6 +191,7 @@ MIGRATIONS: list[Migration] = [
     (5, "escalations record what kinds of value were withheld from the frontier", _v5),
     (6, "a work queue leased by workers, their heartbeats, ticket texts", _v6),
     (7, "API tokens and webhook deliveries of shoal serve", _v7),
+    (8, "long prompt texts kept once, named by hash from model calls", _v8),
 ]
 
 NEWEST: Final = max(v for v, _, _ in MIGRATIONS)

@@ -299,6 +299,14 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = None
 
 
+class Prompt(SQLModel, table=True):
+    """A long prompt text kept once; model calls name it by `hash` (see `shoal.store.prompts`)."""
+
+    hash: str = Field(primary_key=True)
+    text: str
+    created_at: datetime = Field(default_factory=now)
+
+
 class Migration(SQLModel, table=True):
     __tablename__ = "shoal_migration"
 
