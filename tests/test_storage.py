@@ -26,6 +26,11 @@ def db() -> sqlite3.Connection:
     return sqlite3.connect(Settings.load().db_path)
 
 
+def runs_of() -> dict[str, str]:
+    with db() as connection:
+        return {r[0]: r[1] for r in connection.execute("SELECT id, result_json FROM run")}
+
+
 def calls_of(run_id: str) -> list[dict[str, Any]]:
     with db() as connection:
         connection.row_factory = sqlite3.Row
@@ -130,6 +135,12 @@ async def test_show_still_explains_a_decision(tmp_path: Path) -> None:
     (call,) = calls_of(report.run_id)
     reply = json.loads(call["reply_json"])
     assert reply["logprobs"] == [['{"label": "', -0.01], ["ORDER", -0.2], ['"}', -0.01]]  # no alternatives
+    # the text was exactly the parsed answer: kept once, and shown as it was
+    assert "text" not in reply and reply["text_is_parsed"] and reply["parsed"] == {"label": "ORDER"}
+    # the run's row keeps its final answers; every step's output is in the step rows, and the
+    # report has both as before
+    stored = json.loads(runs_of()[report.run_id])
+    assert set(stored) == {"answer"} and report.answer == {"answer": stored["answer"], "steps": stored["answer"]}
     detail = run_detail(Settings.load().db_path, report.run_id)
     (step,) = detail.steps
     assert step.confidence is not None and 0.5 < step.confidence < 1.0

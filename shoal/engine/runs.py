@@ -22,6 +22,7 @@ from shoal.agents.planner import Plan
 from shoal.engine.reports import ReviewItem, RunReport
 from shoal.engine.wiring import TASK, Wiring
 from shoal.errors import AnswerError, PlanError, ShoalError, StoreError
+from shoal.graphs.persist import kept_answer, whole_answer
 from shoal.inputs import check_text
 from shoal.status import ReviewStatus, RunStatus
 
@@ -208,7 +209,7 @@ class RunDriver:
             status,
             time.perf_counter() - started,
             error=error,
-            result_json=None if answer is None else json.dumps(answer, ensure_ascii=False),
+            result_json=kept_answer(answer),
         )
         if status in (RunStatus.DONE, RunStatus.FAILED):
             self.wiring.drop_budget(run_id)  # a waiting run keeps its budget for after the review
@@ -232,7 +233,7 @@ class RunDriver:
         return RunReport(
             run_id=run.id,
             status=run.status,
-            answer=json.loads(run.result_json) if run.result_json else None,
+            answer=whole_answer(run.result_json, run.plan_json, self.store.steps(run.id)) if run.result_json else None,
             error=run.error,
             reviews=reviews,
             model_calls=run.model_calls,

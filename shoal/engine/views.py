@@ -497,7 +497,11 @@ def exchange(call: CallLine) -> Exchange:
             stored = json.loads(call.reply_json)
         except ValueError:
             stored = None
-        reply = str(stored["text"]) if isinstance(stored, dict) and "text" in stored else call.reply_json
+        reply = call.reply_json
+        if isinstance(stored, dict) and "text" in stored:
+            reply = str(stored["text"])
+        elif isinstance(stored, dict) and stored.get("text_is_parsed"):  # kept once, as the parsed answer
+            reply = json.dumps(stored.get("parsed"), ensure_ascii=False)
     elif call.raw_text is not None:
         reply = call.raw_text
     return Exchange(turns=turns, options=options, reply=reply, error=call.error)

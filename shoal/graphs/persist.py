@@ -244,3 +244,27 @@ def finish_human_step(
     for item in human:
         item.outcome, item.confidence_after = EscalationOutcome.ACCEPTED, 1.0
     return store.record_step(row, [], human, examples=taught)
+
+
+def kept_answer(answer: Any) -> str | None:
+    """A run's answer as its row keeps it: the plan's final answers (`answer`) without the
+    outputs of every step (`steps`), which the step rows hold already (#16: it doubled what a
+    ticket cost); `whole_answer` puts them back."""
+    if answer is None:
+        return None
+    if isinstance(answer, dict) and set(answer) == {"answer", "steps"}:
+        answer = {"answer": answer["answer"]}
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def whole_answer(kept: str | None, plan_json: str | None, steps: list[Step]) -> Any:
+    """A run's answer as `compose` made it, from its row and its steps' rows."""
+    if kept is None:
+        return None
+    answer = json.loads(kept)
+    if not (isinstance(answer, dict) and set(answer) == {"answer"}):
+        return answer  # a row from before, or an answer of another shape: as it was kept
+    plan = json.loads(plan_json) if plan_json else {}
+    order = [s.get("id") for s in plan.get("steps", []) if isinstance(s, dict)] if isinstance(plan, dict) else []
+    outputs = {s.step_id: json.loads(s.output_json) for s in steps if s.output_json is not None}
+    return {**answer, "steps": {sid: outputs[sid] for sid in order if sid in outputs}}

@@ -19,7 +19,6 @@ runs again from its start on resume.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from shoal.graphs import nodes
 from shoal.graphs.context import TaskRuntime, record_call
+from shoal.graphs.persist import kept_answer
 from shoal.graphs.state import RunState
 from shoal.status import RunStatus
 
@@ -88,7 +88,7 @@ class WithRuntime:
         if not run_id:
             return
         store = self.ctx.store
-        result_json = None if answer is None else json.dumps(answer, ensure_ascii=False)
+        result_json = kept_answer(answer)
         await store.offload(
             store.finish_run, run_id, status, time.perf_counter() - started, error=error, result_json=result_json
         )

@@ -62,6 +62,10 @@ class CallRecord(BaseModel):
             parsed = reply.parsed.model_dump_json()
             if len(parsed) <= STORED_TEXT_CHARS:
                 data["parsed"] = json.loads(parsed)
+                if _same_json(reply.text, data["parsed"]):
+                    # the text says nothing the parsed answer does not: keep it once (#16)
+                    del data["text"]
+                    data["text_is_parsed"] = True
             else:
                 data["parsed_not_stored"] = f"{len(parsed):,} characters"
         tokens = reply.logprobs[:STORED_LOGPROBS]
@@ -174,3 +178,11 @@ class ModelRouter:
         for backend in self._backends.values():
             await backend.aclose()
         self._backends.clear()
+
+
+def _same_json(text: str, value: Any) -> bool:
+    """Whether `text` is exactly the JSON of `value` (so storing both would store it twice)."""
+    try:
+        return bool(json.loads(text) == value)
+    except ValueError:
+        return False
