@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from httpfake import FakeServer, fake_server
-from pg import pg_url, postgres_server  # noqa: F401  (fixtures: a throwaway PostgreSQL)
+from pg import pg_url, postgres_server, store  # noqa: F401  (fixtures: a throwaway PostgreSQL, a store on each engine)
 
 from shoal.models.base import RetryPolicy
 

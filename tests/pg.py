@@ -18,8 +18,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from shoal.store import Store
 
 MISSING = (
     "POSTGRESQL TESTS SKIPPED: no PostgreSQL server binaries (initdb, pg_ctl). Install them with "
@@ -127,3 +131,16 @@ def postgres_server() -> Iterator[Server]:
 def pg_url(postgres_server: Server) -> str:
     """A new, empty PostgreSQL database for one test."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A new store on each engine in turn: a SQLite file, then a PostgreSQL database."""
+    from shoal.store import Store as Opened
+
+    where = str(tmp_path / "shoal.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = Opened(where)
+    try:
+        yield opened
+    finally:
+        opened.close()

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -24,16 +22,6 @@ from shoal.status import (
 )
 from shoal.store import Store
 from shoal.store.tables import EscalationRow, Head, Review, Step
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    where = str(tmp_path / "shoal.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = Store(where)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def call(run_id: str, step_id: str, tokens: int = 3) -> dict[str, object]:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ TEXTS = [
     "how do I change the shipping address of order {n}?",
     "I was charged twice for order {n}, please help",
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    where = str(tmp_path / "shoal.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = Store(where)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_each_item_goes_to_one_worker_at_a_time(store: Store) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from shoal.config import WorkerSettings
 from shoal.status import TicketStatus, WorkerStatus, WorkKind, WorkStatus
-from shoal.store.tables import Work
+from shoal.store.tables import Ticket, Work
 from shoal.tickets.files import TicketRow
 
 if TYPE_CHECKING:
@@ -130,10 +130,13 @@ class Worker:
     async def _hold(self, item: Work, stop: asyncio.Event) -> None:
         """Do one item under its lease: renewed while it runs, given back if stopped or lost."""
         assert item.id is not None
-        what = await self.store.offload(self._describe, item)
+        ticket = None
+        if item.kind == WorkKind.TICKET:  # read once: it names the item and is the work
+            ticket = await self.store.offload(self.store.get_ticket_by_id, item.ticket_id or "")
+        what = _describe(item, ticket)
         self._current[item.id] = what
         self._emit(WorkEvent(item.id, what, None))
-        work = asyncio.create_task(self._do(item))
+        work = asyncio.create_task(self._do(item, ticket))
         renewing = asyncio.create_task(self._renew(item.id, work))
         stopping = asyncio.create_task(stop.wait())
         try:
@@ -183,19 +186,12 @@ class Worker:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _describe(self, item: Work) -> str:
-        if item.kind == WorkKind.RESUME:
-            return f"resume run {item.run_id}"
-        ticket = self.store.get_ticket_by_id(item.ticket_id or "")
-        return f"ticket {ticket.key} of {ticket.source}" if ticket is not None else f"ticket {item.ticket_id}"
-
-    async def _do(self, item: Work) -> tuple[WorkStatus, str]:
+    async def _do(self, item: Work, ticket: Ticket | None) -> tuple[WorkStatus, str]:
         """The item's work; its status and a word on how it went."""
         self._outage_s = 0.0
         if item.kind == WorkKind.RESUME:
             report = await self.shoal.resume(item.run_id or "")
             return WorkStatus.DONE, f"run {report.status}"
-        ticket = await self.store.offload(self.store.get_ticket_by_id, item.ticket_id or "")
         if ticket is None or ticket.text is None:
             return WorkStatus.FAILED, "the ticket's row (or its text) is gone"
         force = bool(json.loads(item.payload).get("force")) and item.attempts == 1  # a retry resumes
@@ -207,6 +203,12 @@ class Worker:
         if outcome.status == TicketStatus.FAILED:
             return WorkStatus.FAILED, outcome.error or "failed"
         return WorkStatus.DONE, f"ticket {outcome.status}" + (f" → {outcome.queue}" if outcome.queue else "")
+
+
+def _describe(item: Work, ticket: Ticket | None) -> str:
+    if item.kind == WorkKind.RESUME:
+        return f"resume run {item.run_id}"
+    return f"ticket {ticket.key} of {ticket.source}" if ticket is not None else f"ticket {item.ticket_id}"
 
 
 def _why(task: asyncio.Task[tuple[WorkStatus, str]]) -> str:

@@ -33,10 +33,6 @@ class Intake:
             chosen = shoal.settings.workers.model_copy(update={"concurrency": concurrency})
             self.worker = Worker(shoal, chosen)
 
-    @property
-    def triaged(self) -> int:
-        return 0 if self.worker is None else self.worker.stats.done
-
     def wake(self) -> None:
         if self.worker is not None:
             self.worker.wake()

@@ -658,17 +658,13 @@ def _insert_rows(connection: Connection, model: Any, rows: list[dict[str, Any]])
     as SQLAlchemy would, since its per-statement machinery cost more than the write itself
     (`benchmarks/orchestration_overhead.py`); on PostgreSQL a Core insert."""
     if connection.dialect.name != "sqlite":
-        return _new_id(connection.execute(insert(model), rows[0])) if len(rows) == 1 else _many(connection, model, rows)
+        result = connection.execute(insert(model), rows[0] if len(rows) == 1 else rows)
+        return _new_id(result) if len(rows) == 1 else 0
     sql, columns = _SQLITE_INSERT[model.__tablename__]
     params = [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows]
     if len(params) == 1:
         return int(connection.exec_driver_sql(sql, params[0]).lastrowid)
     connection.exec_driver_sql(sql, params)
-    return 0
-
-
-def _many(connection: Connection, model: Any, rows: list[dict[str, Any]]) -> int:
-    connection.execute(insert(model), rows)
     return 0
 
 

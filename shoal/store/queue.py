@@ -19,7 +19,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, or_, update
@@ -43,19 +43,7 @@ class WorkRecords:
     def enqueue(self, kind: WorkKind, payloads: Sequence[dict[str, Any]]) -> list[int]:
         """Queue items of one kind; each payload may name its `ticket_id` and `run_id`."""
         stamp = now()
-        rows = [
-            {
-                "kind": kind,
-                "ticket_id": p.get("ticket_id"),
-                "run_id": p.get("run_id"),
-                "payload": json.dumps(p, ensure_ascii=False),
-                "status": WorkStatus.QUEUED,
-                "attempts": 0,
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            for p in payloads
-        ]
+        rows = [work_row(kind, p, stamp) for p in payloads]
         ids: list[int] = []
         with self.transaction() as connection:
             for row in rows:  # one by one: the ids are wanted, and a batch is a few hundred at most
@@ -160,13 +148,24 @@ class WorkRecords:
                 .values(status=status, current=current, done=done, failed=failed, heartbeat_at=now())
             )
 
-    def workers(self, *, since: datetime | None = None) -> list[Worker]:
-        """Workers newest first; those heard from since `since` only, when given."""
+    def workers(self) -> list[Worker]:
+        """Every worker, newest first (`shoal.engine.views.work_board` says which are live)."""
         with self.session() as session:
-            query = select(Worker).order_by(col(Worker.started_at).desc())
-            if since is not None:
-                query = query.where(col(Worker.heartbeat_at) >= since.astimezone(UTC))
-            return list(session.exec(query).all())
+            return list(session.exec(select(Worker).order_by(col(Worker.started_at).desc())).all())
+
+
+def work_row(kind: WorkKind, payload: dict[str, Any], stamp: datetime) -> dict[str, Any]:
+    """A new, queued work item as a row; the payload may name its `ticket_id` and `run_id`."""
+    return {
+        "kind": kind,
+        "ticket_id": payload.get("ticket_id"),
+        "run_id": payload.get("run_id"),
+        "payload": json.dumps(payload, ensure_ascii=False),
+        "status": WorkStatus.QUEUED,
+        "attempts": 0,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
 
 
 def _held(work_id: int, worker_id: str) -> Any:

@@ -11,7 +11,6 @@ take turns anyway, in an immediate transaction. A mixin of `Store`, like `shoal.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -23,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from shoal.errors import StoreError
 from shoal.status import DeliveryStatus, TicketStatus, WorkKind, WorkStatus
+from shoal.store.queue import work_row
 from shoal.store.tables import ApiToken, Ticket, WebhookDelivery, Work, now, ticket_id
 
 TOKEN_PREFIX = "shoal_"
@@ -242,14 +242,5 @@ def _stamp(*names: str) -> list[Any]:
 
 
 def _ticket_work(ticket: str, stamp: datetime) -> dict[str, Any]:
-    """A work item that triages one ticket (as `shoal.engine.queue.enqueue_tickets` makes them)."""
-    return {
-        "kind": WorkKind.TICKET,
-        "ticket_id": ticket,
-        "run_id": None,
-        "payload": json.dumps({"ticket_id": ticket, "run_id": None, "force": False}),
-        "status": WorkStatus.QUEUED,
-        "attempts": 0,
-        "created_at": stamp,
-        "updated_at": stamp,
-    }
+    """A work item that triages one ticket (as `shoal.engine.queue.enqueue_tickets` queues them)."""
+    return work_row(WorkKind.TICKET, {"ticket_id": ticket, "run_id": None, "force": False}, stamp)
