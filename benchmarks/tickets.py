@@ -6,7 +6,7 @@ the small model gave, accepted or not), entity exact match (gold `entity_value` 
 extracted values), share escalated per field, tickets per minute, and the framework's share of
 wall time (time outside model calls / total).
 
-Run by hand: `uv run python benchmarks/tickets.py --n 500 [--config FILE] [--model ollama:qwen2.5:3b]`.
+Run by hand: `uv run python benchmarks/tickets.py --n 500 [--offset K] [--config FILE] [--model M]`.
 The tickets are Bitext rows held out of everything `examples/` ships (examples/build.py), and the
 configuration is `examples/shoal.toml` (its heads, knowledge and priority rules) unless `--config`
 says otherwise. Per field: the share answered locally (by the small tier, accepted), how often
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import csv
 import json
+import re
 import sys
 import tempfile
 import time
@@ -44,11 +45,15 @@ sys.path.insert(0, str(ROOT / "examples"))
 from build import held_out  # noqa: E402  (the split the shipped heads and knowledge kept out)
 
 
-def sample(n: int) -> list[dict[str, str]]:
-    """`n` Bitext rows from the held-out share: none was fitted on by the shipped heads or put in
-    the shipped knowledge (see examples/build.py)."""
+def sample(n: int, offset: int = 0) -> list[dict[str, str]]:
+    """`n` Bitext rows from the held-out share (714 rows): none was fitted on by the shipped heads
+    or put in the shipped knowledge (see examples/build.py). Rows are taken evenly from those after
+    the first `offset`, so `--n 500` and `--offset 500` share none: a threshold chosen on the first
+    can be checked on the rest."""
     with DATA.open(encoding="utf-8", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if held_out(r["instruction"])]
+        rows = [r for r in csv.DictReader(handle) if held_out(r["instruction"])][offset:]
+    if not rows:
+        raise SystemExit(f"--offset {offset}: no held-out rows are left after it")
     step = max(1, len(rows) // n)
     return rows[::step][:n]
 
@@ -78,6 +83,9 @@ def whole_words(text: str, value: str) -> str:
     """The gold value widened to the whole words it sits in: Bitext labels "4587345" inside
     "00004587345" (and "3707955617" inside "370795561790"); the customer's order number is the
     whole number."""
+    whole = re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", text, re.IGNORECASE)
+    if whole is not None:  # "pro" in "problems with pro account" is the word, not the prefix of "problems"
+        return whole.group(0)
     at = text.casefold().find(value.casefold())
     if at < 0:
         return value
@@ -87,6 +95,17 @@ def whole_words(text: str, value: str) -> str:
     while end < len(text) and (text[end].isalnum() or text[end] in "-_"):
         end += 1
     return text[start:end]
+
+
+def field_confidences(evidence_json: str | None) -> dict[str, float]:
+    """An extraction's confidence per field, from its evidence (`span_FIELD` signals of a span head;
+    none for a prompted extraction, which has one confidence for the whole answer)."""
+    signals = json.loads(evidence_json or "[]")
+    return {
+        str(s["name"]).removeprefix("span_"): float(s["value"])
+        for s in signals
+        if isinstance(s, dict) and str(s.get("name", "")).startswith("span_")
+    }
 
 
 def _norm(value: object) -> str:
@@ -99,7 +118,8 @@ def correct(
     """Whether a field's answer is right where the data says (None where it cannot say):
     labels against Bitext's; priority against the configured rule for the gold intent; entities,
     the gold entity's field (when configured) by exact match after case and space normalisation,
-    the gold widened to whole words; a reply, by its knowledge item's intent."""
+    the gold widened to whole words (scored with that field's own confidence); a reply, by its
+    knowledge item's intent."""
     if not isinstance(output, dict):
         return None  # no answer (it waits on another field, or the model gave none): nothing to score
     if name in ("category", "intent"):
@@ -134,9 +154,15 @@ async def train_heads(shoal: Shoal, chosen: list[dict[str, str]], console: Conso
 
 
 async def main(
-    n: int, model: str | None, config: Path | None, db: Path | None, report_only: bool, heads: bool = False
+    n: int,
+    model: str | None,
+    config: Path | None,
+    db: Path | None,
+    report_only: bool,
+    heads: bool = False,
+    offset: int = 0,
 ) -> None:
-    rows = sample(n)
+    rows = sample(n, offset)
     config = config or ROOT / "examples" / "shoal.toml"
     db = db or Path(tempfile.mkdtemp(prefix="shoal-tickets-")) / "shoal.db"
     settings = Settings.load(config, env={"SHOAL_DB": str(db)})
@@ -168,6 +194,8 @@ async def main(
     wall = (max(t.updated_at for t in finished) - min(t.created_at for t in finished)).total_seconds()
     with store.engine.connect() as conn:
         calls = conn.exec_driver_sql("SELECT created_at, latency_s FROM modelcall").all()
+        extracted = conn.exec_driver_sql("SELECT run_id, evidence_json FROM step WHERE step_id = 'entities'").all()
+    per_field = {run_id: field_confidences(evidence) for run_id, evidence in extracted}
     model_seconds = busy_seconds(calls)
 
     gold = {f"bitext:{i}": r for i, r in enumerate(rows)}
@@ -186,6 +214,8 @@ async def main(
             right = correct(name, field.get("output"), truth, settings_rules, settings.tickets.entities)
             if right is not None and field.get("answered_by") in ("specialist", None):
                 confidence = float(field.get("confidence") or 0.0)
+                if name == "entities":  # the data speaks of one field: score that field's own confidence
+                    confidence = per_field.get(ticket.run_id or "", {}).get(truth["entity_type"], confidence)
                 scored[name].append(
                     Prediction(text="", gold="y", predicted="y" if right else "n", confidence=confidence, seconds=0.0)
                 )
@@ -224,6 +254,9 @@ async def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument(
+        "--offset", type=int, default=0, help="skip this many held-out rows first (e.g. those a run of --n 500 took)"
+    )
     parser.add_argument("--model", default=None)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--db", type=Path, default=None, help="database to use (re-running resumes it)")
@@ -232,4 +265,4 @@ if __name__ == "__main__":
         "--heads", action="store_true", help="first train category and intent heads on the other Bitext rows"
     )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.model, args.config, args.db, args.report_only, args.heads))
+    asyncio.run(main(args.n, args.model, args.config, args.db, args.report_only, args.heads, args.offset))

@@ -15,12 +15,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from platformdirs import user_config_path, user_data_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shoal.dburl import is_url
+from shoal.configfile import apply_env, db_location, default_db_path, find_config, read_toml
 from shoal.errors import ConfigError
 from shoal.models.base import ModelRef, RetryPolicy
 from shoal.privacy import PrivacySettings
@@ -158,7 +157,7 @@ class Settings(_Section):
     default_model: str = DEFAULT_MODEL
     frontier_model: str | None = "openai:gpt-4o-mini"
     # a SQLite file, or a PostgreSQL server's postgresql:// URL (many workers on many machines)
-    db_path: Path | str = Field(default_factory=lambda: user_data_path("shoal") / "shoal.db")
+    db_path: Path | str = Field(default_factory=default_db_path)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
@@ -179,11 +178,13 @@ class Settings(_Section):
     durability: Literal["exit", "async", "sync"] = "exit"
     source: Path | None = Field(default=None, exclude=True)
 
-    @field_validator("db_path")
+    @field_validator("db_path", mode="before")
     @classmethod
-    def _db_location(cls, value: Path | str) -> Path | str:
-        # a URL stays text (a Path would fold its `//`); anything else is a file's path
-        return value if is_url(value) else Path(value)
+    def _db_location(cls, value: object) -> Path | str:
+        try:
+            return db_location(value)
+        except ConfigError as exc:  # pydantic names the key and the file's line
+            raise ValueError(str(exc).removeprefix("db_path: ")) from None
 
     @field_validator("default_model", "frontier_model")
     @classmethod
@@ -222,19 +223,8 @@ class Settings(_Section):
         """Read the file (if any) and the environment, and validate both."""
         env = os.environ if env is None else env
         found = find_config(path, env)
-        data: dict[str, Any] = {}
-        text = ""
-        if found is not None:
-            try:
-                text = found.read_text(encoding="utf-8")
-                data = tomllib.loads(text)
-            except FileNotFoundError:
-                raise ConfigError(f"config file {found} does not exist") from None
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"config file {found} is not UTF-8 text: {exc}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"config file {found} is not valid TOML: {exc}") from None
-        _apply_env(data, env)
+        data, text = read_toml(found) if found is not None else ({}, "")
+        apply_env(data, env)
         try:
             settings = cls.model_validate(data)
         except ValidationError as exc:
@@ -265,43 +255,6 @@ def save_specialist(path: Path, name: str, *, model: str | None = None, threshol
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def find_config(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
-    if path is not None:
-        return Path(path).expanduser()
-    if env.get("SHOAL_CONFIG"):
-        return Path(env["SHOAL_CONFIG"]).expanduser()
-    for candidate in (Path.cwd() / "shoal.toml", user_config_path("shoal") / "shoal.toml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    if env.get("SHOAL_DB"):
-        data["db_path"] = env["SHOAL_DB"]
-    if env.get("SHOAL_DEFAULT_MODEL"):
-        data["default_model"] = env["SHOAL_DEFAULT_MODEL"]
-    if env.get("SHOAL_FRONTIER_MODEL"):
-        data["frontier_model"] = env["SHOAL_FRONTIER_MODEL"]
-    if env.get("OLLAMA_HOST"):
-        data.setdefault("ollama", {})["host"] = normalise_host(env["OLLAMA_HOST"])
-    if env.get("SHOAL_FRONTIER_BASE_URL"):
-        data.setdefault("openai", {})["base_url"] = env["SHOAL_FRONTIER_BASE_URL"]
-
-
-def normalise_host(host: str) -> str:
-    """`OLLAMA_HOST` may be `0.0.0.0`, `host:port` or a URL; make it a URL."""
-    host = host.strip().rstrip("/")
-    if "://" not in host:
-        host = "http://" + host
-    scheme, _, rest = host.partition("://")
-    if rest.startswith("0.0.0.0"):  # a bind address, not one to connect to
-        rest = "127.0.0.1" + rest[len("0.0.0.0") :]
-    if ":" not in rest.split("/", 1)[0]:
-        rest = rest.split("/", 1)[0] + ":11434" + (rest[len(rest.split("/", 1)[0]) :])
-    return f"{scheme}://{rest}"
 
 
 def _explain(exc: ValidationError, path: Path | None, text: str) -> str:

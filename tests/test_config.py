@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.config import Settings, normalise_host
+from shoal.config import Settings
+from shoal.configfile import normalise_host
 from shoal.errors import ConfigError
 
 
@@ -94,3 +95,49 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 )
 def test_ollama_host_forms(raw: str, url: str) -> None:
     assert normalise_host(raw) == url
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [
+        ("", {}),
+        ('db_path = "data/here.db"', {}),
+        ('db_path = "~/shoal/x.db"', {}),
+        ('db_path = "postgresql://u:p@db.example:5432/shoal"', {}),
+        ('db_path = "data/here.db"', {"SHOAL_DB": "elsewhere.db"}),
+        ("", {"SHOAL_DB": "postgresql://localhost/shoal"}),
+    ],
+)
+def test_read_only_commands_find_the_database_the_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, env: dict[str, str]
+) -> None:
+    # `shoal runs` reads db_path without building the settings; it must open the same database
+    from shoal.configfile import read_db_location
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "shoal.toml"
+    path.write_text(toml + "\n[specialists.summary]\nthreshold = 0.5\n", encoding="utf-8")
+    assert read_db_location(path, env) == Settings.load(path, env=env).db_path
+    path.unlink()
+    assert read_db_location(None, env) == Settings.load(env=env).db_path  # no file: the default
+
+
+@pytest.mark.parametrize("value", ["42", '""', "[1, 2]"])
+def test_a_bad_db_path_is_refused_on_both_paths(tmp_path: Path, value: str) -> None:
+    from shoal.configfile import read_db_location
+
+    path = tmp_path / "shoal.toml"
+    path.write_text(f"db_path = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="postgresql:// URL"):
+        read_db_location(path, {})
+    with pytest.raises(ConfigError, match=r"db_path \(line 1\).*postgresql:// URL"):
+        Settings.load(path, env={})
+
+
+def test_a_broken_file_is_named_on_the_read_path(tmp_path: Path) -> None:
+    from shoal.configfile import read_db_location
+
+    path = tmp_path / "shoal.toml"
+    path.write_text("db_path = \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_db_location(path, {})

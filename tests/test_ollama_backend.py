@@ -198,7 +198,7 @@ def _live_host() -> str | None:
     host = os.environ.get("OLLAMA_HOST")
     if not host:
         return None
-    from shoal.config import normalise_host
+    from shoal.configfile import normalise_host
 
     url = normalise_host(host)
     try:

@@ -117,18 +117,34 @@ def model_ref(text: str, option: str = "--model") -> ModelRef:
     return ref
 
 
-def settings(config: Path | None) -> Settings:
-    from shoal.config import Settings, find_config
+def _config_file(config: Path | None) -> None:
+    """The config file about to be read opens, or an `InputFileError` says what to give."""
+    from shoal.configfile import find_config
 
     found = find_config(config, os.environ)
-    if found is not None:  # the file Settings.load is about to read
+    if found is not None:
         input_file(
             found,
             "config file",
             "point --config or SHOAL_CONFIG at a shoal.toml, or leave both out to use ./shoal.toml "
             "or the one in the user config directory",
         )
+
+
+def settings(config: Path | None) -> Settings:
+    from shoal.config import Settings
+
+    _config_file(config)
     return Settings.load(config)
+
+
+def db_location(config: Path | None) -> Path | str:
+    """Where the database is, read without building the settings (what the read-only commands
+    need, and all they can afford at start-up: `shoal.configfile`)."""
+    from shoal.configfile import read_db_location
+
+    _config_file(config)
+    return read_db_location(config)
 
 
 def engine(config: Path | None) -> Shoal:

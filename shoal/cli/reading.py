@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.text import Text
 
-from shoal.cli.common import ConfigOption, console, cut, literal, one_line, print_json, settings
+from shoal.cli.common import ConfigOption, console, cut, db_location, literal, one_line, print_json
 from shoal.errors import UsageError
 from shoal.status import RunStatus
 
@@ -61,10 +60,6 @@ def free(grid: Table, *headers: str, ratio: int = 1) -> None:
         grid.add_column(header, overflow="fold", ratio=ratio, min_width=len(header))
 
 
-def db_path(config: Path | None) -> Path | str:
-    return settings(config).db_path
-
-
 def run_status(value: str | None) -> RunStatus | None:
     """`--status` as a `RunStatus`, or a `UsageError` naming the valid ones."""
     if value is None:
@@ -87,10 +82,10 @@ def runs(
     from shoal.engine import views
 
     chosen = run_status(status)
-    path = db_path(config)
+    path = db_location(config)
     rows = views.run_summaries(path, status=chosen, limit=limit)
     if as_json:
-        print_json(json.dumps([row.model_dump(mode="json") for row in rows], ensure_ascii=False))
+        print_json(json.dumps(views.as_json(rows), ensure_ascii=False))
         return
     wide = console.width >= 100  # at 80 columns the task needs the room the time and seconds take
     today = datetime.now().astimezone().date()
@@ -129,9 +124,9 @@ def show(
     """A run's steps with confidence and evidence, its escalations and its model calls."""
     from shoal.engine import views
 
-    detail = views.run_detail(db_path(config), run_id)
+    detail = views.run_detail(db_location(config), run_id)
     if as_json:
-        print_json(detail.model_dump_json())
+        print_json(json.dumps(views.as_json(detail), ensure_ascii=False))
         return
     print_run(detail, calls)
 
@@ -264,11 +259,11 @@ def heads(
 ) -> None:
     """Trained classifier heads: versions, training data and held-out metrics."""
     from shoal.engine import views
-    from shoal.engine.reports import HeadMetrics
+    from shoal.engine.views import HeadMetrics
 
-    found = views.head_summaries(db_path(config))
+    found = views.head_summaries(db_location(config))
     if as_json:
-        print_json(json.dumps([h.model_dump(mode="json") for h in found]))
+        print_json(json.dumps(views.as_json(found), ensure_ascii=False))
         return
     if not found:
         console.print("no trained heads yet: `shoal train SPECIALIST --data FILE`")

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from shoal.cli.common import ConfigOption, console, engine, literal, print_report
-from shoal.cli.reading import db_path, print_pending
+from shoal.cli.common import ConfigOption, console, db_location, engine, literal, print_report
+from shoal.cli.reading import print_pending
 
 if TYPE_CHECKING:
     from shoal.engine.reviews import ReviewDetail
@@ -39,7 +39,7 @@ def review(
     from shoal.engine import views
 
     if review_id is None:
-        print_pending(views.review_lines(db_path(config)))
+        print_pending(views.review_lines(db_location(config)))
         return
     shoal = engine(config)
     if answer is None and not accept:

@@ -112,10 +112,10 @@ def workers(
 ) -> None:
     """Workers and the queue: each worker's host, state, current item and last heartbeat."""
     from shoal.cli.common import settings
-    from shoal.cli.reading import db_path
     from shoal.engine import views
 
-    board = views.work_board(db_path(config), lease_s=settings(config).workers.lease_s)
+    chosen = settings(config)
+    board = views.work_board(chosen.db_path, lease_s=chosen.workers.lease_s)
     rows = board.workers if all_ else board.live
     grid = table()
     fixed(grid, "worker")

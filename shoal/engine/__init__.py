@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shoal.engine.admin import SpecialistSetup
     from shoal.engine.facade import Shoal
-    from shoal.engine.reports import HeadSummary, ReviewItem, RunReport
+    from shoal.engine.reports import ReviewItem, RunReport
     from shoal.engine.runs import check_task
+    from shoal.engine.views import HeadSummary
     from shoal.engine.wiring import Entities
     from shoal.errors import TaskError
     from shoal.tickets.triage import TicketOutcome
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "SpecialistSetup": "shoal.engine.admin",
     "Shoal": "shoal.engine.facade",
-    "HeadSummary": "shoal.engine.reports",
+    "HeadSummary": "shoal.engine.views",
     "ReviewItem": "shoal.engine.reports",
     "RunReport": "shoal.engine.reports",
     "check_task": "shoal.engine.runs",

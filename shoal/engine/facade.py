@@ -17,10 +17,10 @@ from shoal.backends import build_router
 from shoal.config import Settings
 from shoal.engine import admin, reviews, views
 from shoal.engine.queue import Enqueued, enqueue_tickets
-from shoal.engine.reports import HeadSummary, RunReport
+from shoal.engine.reports import RunReport
 from shoal.engine.reviews import ReviewDetail
 from shoal.engine.runs import RunDriver
-from shoal.engine.views import RunDetail, RunSummary
+from shoal.engine.views import HeadSummary, RunDetail, RunSummary
 from shoal.engine.wiring import TASK, Specialists, Wiring, default_specialists
 from shoal.evaluation import Labelled
 from shoal.graphs.task import record_call

@@ -15,7 +15,7 @@ from typing import Any
 
 from shoal.config import Settings, SpecialistSettings
 from shoal.engine import views
-from shoal.engine.reports import HeadSummary
+from shoal.engine.views import HeadSummary
 from shoal.errors import ConfigError
 from shoal.evaluation import Labelled
 from shoal.models.embeddings import Embedder

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from shoal.engine.views import HeadMetrics, HeadSummary
 from shoal.status import RunStatus
+
+__all__ = ["HeadMetrics", "HeadSummary", "ReviewItem", "RunReport"]  # a head's row is a view, read without pydantic
 
 
 class ReviewItem(BaseModel):
@@ -38,28 +40,3 @@ class RunReport(BaseModel):
             f"{waiting}, {self.tokens_in}+{self.tokens_out} tokens, ${self.cost_usd:.4f} frontier, "
             f"{self.seconds:.1f}s"
         )
-
-
-class HeadMetrics(BaseModel):
-    """A head (or what it was compared with) on its held-out slice, as stored with the head."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    what: str = ""
-    n: int = 0
-    accuracy: float = 0.0
-    ece: float = 0.0
-    auroc: float | None = None
-    escalated: float = 0.0
-
-
-class HeadSummary(BaseModel):
-    specialist: str
-    version: int
-    active: bool
-    embed_model: str
-    labels: int
-    examples: int
-    created_at: datetime
-    after: HeadMetrics | None = None
-    before: HeadMetrics | None = None

@@ -4,26 +4,27 @@ them out (a face never reads the store's tables or parses their JSON columns its
 
 The views that `shoal runs`, `show`, `review` (the list) and `heads` print read the file through
 the standard library's `sqlite3` (`read`), and this module is their one home: those commands
-start in a fraction of a second because they import neither SQLAlchemy nor the engine. A file
+start in a fraction of a second because they import neither SQLAlchemy nor the engine, nor
+pydantic (its first model costs a start 0.2 s), so the rows are plain dataclasses whose columns
+are converted here, once. A file
 that does not exist yet, or lacks a table of this version, is opened once through `Store`, which
 creates or migrates it (or refuses one written by a newer shoal).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, Union
 
-from pydantic import BaseModel, Field
-
 from shoal.dburl import is_url, libpq_url, redact_url
-from shoal.engine.reports import HeadSummary
 from shoal.errors import StoreError
 from shoal.status import (
     AnsweredBy,
@@ -43,7 +44,26 @@ if TYPE_CHECKING:  # SQLAlchemy: only for callers that already hold a Store
     from shoal.store.tables import Run
 
 
-class Evidence(BaseModel):
+def when(value: datetime | str) -> datetime:
+    """A stored time: psycopg gives a `datetime`, sqlite3 the text SQLAlchemy wrote."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def as_json(row: Any) -> Any:
+    """A view's row (or a list of them) as JSON values: times in ISO form, statuses as their text."""
+    if isinstance(row, list):
+        return [as_json(item) for item in row]
+    return json.loads(json.dumps(dataclasses.asdict(row), default=_json_value, ensure_ascii=False))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+@dataclass(kw_only=True)
+class Evidence:
     """One signal behind a confidence, as stored with a step or a review."""
 
     name: str
@@ -53,10 +73,15 @@ class Evidence(BaseModel):
 
 def evidence(items: Any) -> list[Evidence]:
     """Stored evidence (a JSON list of signals) as rows; anything else in the list is skipped."""
-    return [Evidence.model_validate(item) for item in items or [] if isinstance(item, dict) and "name" in item]
+    return [
+        Evidence(name=str(item["name"]), value=float(item.get("value") or 0.0), detail=str(item.get("detail") or ""))
+        for item in items or []
+        if isinstance(item, dict) and "name" in item
+    ]
 
 
-class RunSummary(BaseModel):
+@dataclass(kw_only=True)
+class RunSummary:
     """A run's row: what it was asked, how it stands, and what it cost."""
 
     id: str
@@ -71,6 +96,11 @@ class RunSummary(BaseModel):
     tokens_out: int = 0
     cost_usd: float = 0.0
     seconds: float = 0.0
+
+    @classmethod
+    def read(cls, row: Mapping[str, Any]) -> RunSummary:
+        """A row of `SELECT {_RUN} FROM run`."""
+        return cls(**{**row, "status": _status(row["status"]), "created_at": when(row["created_at"])})
 
     @classmethod
     def of(cls, run: Run) -> RunSummary:
@@ -90,7 +120,8 @@ class RunSummary(BaseModel):
         )
 
 
-class StepLine(BaseModel):
+@dataclass(kw_only=True)
+class StepLine:
     """A plan step as it ended (or waits): who answered, how sure, on what evidence."""
 
     step_id: str
@@ -103,10 +134,23 @@ class StepLine(BaseModel):
     answered_by: AnsweredBy | None = None
     output_json: str | None = None
     error: str | None = None
-    evidence: list[Evidence] = Field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, row: Mapping[str, Any]) -> StepLine:
+        answered = row["answered_by"]
+        return cls(
+            **{
+                **row,
+                "status": StepStatus(row["status"]),
+                "answered_by": None if answered is None else AnsweredBy(answered),
+                "evidence": evidence(json.loads(row["evidence"] or "[]")),
+            }
+        )
 
 
-class EscalationLine(BaseModel):
+@dataclass(kw_only=True)
+class EscalationLine:
     """A rung of the escalation ladder a step took."""
 
     step_id: str | None
@@ -119,6 +163,10 @@ class EscalationLine(BaseModel):
     reason: str = ""
     redacted: str | None = None  # JSON: kind -> how many values were withheld from the frontier
 
+    @classmethod
+    def read(cls, row: Mapping[str, Any]) -> EscalationLine:
+        return cls(**{**row, "rung": Rung(row["rung"]), "outcome": EscalationOutcome(row["outcome"])})
+
     @property
     def explained(self) -> str:
         """The reason, and what the frontier was not shown (kinds and counts, never values)."""
@@ -129,7 +177,8 @@ class EscalationLine(BaseModel):
         return f"{self.reason}; withheld from the frontier: {withheld}"
 
 
-class CallLine(BaseModel):
+@dataclass(kw_only=True)
+class CallLine:
     """One model call: its cost, and the prompt and reply as stored (JSON text)."""
 
     id: int
@@ -151,7 +200,8 @@ class CallLine(BaseModel):
         return self.reply_json or json.dumps({"error": self.error, "raw_text": self.raw_text}, ensure_ascii=False)
 
 
-class RunDetail(BaseModel):
+@dataclass(kw_only=True)
+class RunDetail:
     """Everything `shoal show` prints about a run."""
 
     run: RunSummary
@@ -277,17 +327,21 @@ def _status(value: str | RunStatus) -> RunStatus:
 
 
 # a view's columns are its fields, named as the table names them
-_RUN = ", ".join(RunSummary.model_fields)
-_STEP = ", ".join(name if name != "evidence" else "evidence_json AS evidence" for name in StepLine.model_fields)
-_ESCALATION = ", ".join(EscalationLine.model_fields)
-_CALL = ", ".join(CallLine.model_fields)
+def _columns(row: type[Any]) -> list[str]:
+    return [f.name for f in dataclasses.fields(row)]
+
+
+_RUN = ", ".join(_columns(RunSummary))
+_STEP = ", ".join(name if name != "evidence" else "evidence_json AS evidence" for name in _columns(StepLine))
+_ESCALATION = ", ".join(_columns(EscalationLine))
+_CALL = ", ".join(_columns(CallLine))
 
 
 def run_summaries(db: Location, *, status: RunStatus | None = None, limit: int = 20) -> list[RunSummary]:
     """The newest runs first, optionally only those with `status`."""
     where, params = ("WHERE status = ?", [_status(status).value]) if status is not None else ("", [])
     sql = f"SELECT {_RUN} FROM run {where} ORDER BY created_at DESC LIMIT ?"
-    return read(db, lambda c: [RunSummary.model_validate(row) for row in _rows(c, sql, [*params, limit])])
+    return read(db, lambda c: [RunSummary.read(row) for row in _rows(c, sql, [*params, limit])])
 
 
 def find_run(connection: ReadConnection, prefix: str, where: str) -> RunSummary:
@@ -300,7 +354,7 @@ def find_run(connection: ReadConnection, prefix: str, where: str) -> RunSummary:
         raise StoreError(f"no run '{prefix}' in {where}: `shoal runs` lists them")
     if len(found) > 1:
         raise StoreError(f"'{prefix}' matches several runs: give more of the id")
-    return RunSummary.model_validate(found[0])
+    return RunSummary.read(found[0])
 
 
 def run_detail(db: Location, run_id: str) -> RunDetail:
@@ -310,22 +364,23 @@ def run_detail(db: Location, run_id: str) -> RunDetail:
         run = find_run(connection, run_id, shown(db))
         of_run = [run.id]
         steps = [
-            StepLine.model_validate({**row, "evidence": evidence(json.loads(row["evidence"] or "[]"))})
+            StepLine.read(row)
             for row in _rows(connection, f"SELECT {_STEP} FROM step WHERE run_id = ? ORDER BY id", of_run)
         ]
         escalations = [
-            EscalationLine.model_validate(row)
+            EscalationLine.read(row)
             for row in _rows(connection, f"SELECT {_ESCALATION} FROM escalation WHERE run_id = ? ORDER BY id", of_run)
         ]
         stored = list(_rows(connection, f"SELECT {_CALL} FROM modelcall WHERE run_id = ? ORDER BY id", of_run))
         whole = unpack_all((row["request_json"] for row in stored), partial(_prompt_texts, connection))
-        calls = [CallLine.model_validate({**row, "request_json": r}) for row, r in zip(stored, whole, strict=True)]
+        calls = [CallLine(**{**row, "request_json": r}) for row, r in zip(stored, whole, strict=True)]
         return RunDetail(run=run, steps=steps, escalations=escalations, calls=calls)
 
     return read(db, query)
 
 
-class ReviewLine(BaseModel):
+@dataclass(kw_only=True)
+class ReviewLine:
     """A decision waiting for a person, as the queue lists it (`ReviewDetail` in
     `engine/reviews.py` is one review whole, with what its specialist takes as an answer)."""
 
@@ -333,11 +388,11 @@ class ReviewLine(BaseModel):
     run_id: str
     step_id: str
     specialist: str
-    ticket: str | None = Field(default=None, description="the ticket's id in its export, for a ticket run")
-    text: str = Field(description="what the specialist read")
+    ticket: str | None = None  # the ticket's id in its export, for a ticket run
+    text: str  # what the specialist read
     confidence: float = 0.0
     best_answer: dict[str, Any] | None = None
-    reasons: list[str] = Field(default_factory=list, description="each reason once")
+    reasons: list[str] = field(default_factory=list)  # each reason once
 
 
 def question_text(question: dict[str, Any]) -> str:
@@ -370,7 +425,11 @@ def review_lines(db: Location) -> list[ReviewLine]:
         question = question if isinstance(question, dict) else {}
         best = question.get("best_answer")
         return ReviewLine(
-            **row,
+            id=int(row["id"]),
+            run_id=str(row["run_id"]),
+            step_id=str(row["step_id"]),
+            specialist=str(row["specialist"]),
+            ticket=None if row["ticket"] is None else str(row["ticket"]),
             text=question_text(question),
             confidence=float(question.get("confidence") or 0.0),
             best_answer=best if isinstance(best, dict) else None,
@@ -387,6 +446,41 @@ def ticket_of_run(db: Location, run_id: str) -> str | None:
     return None if found is None else str(found[0])
 
 
+@dataclass(kw_only=True)
+class HeadMetrics:
+    """A head (or what it was compared with) on its held-out slice, as stored with the head."""
+
+    what: str = ""
+    n: int = 0
+    accuracy: float = 0.0
+    ece: float = 0.0
+    auroc: float | None = None
+    escalated: float = 0.0
+
+    @classmethod
+    def read(cls, stored: Any) -> HeadMetrics | None:
+        """Stored metrics (a JSON object; keys of other versions ignored), or None."""
+        if not isinstance(stored, dict):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+
+@dataclass(kw_only=True)
+class HeadSummary:
+    """A trained head's row, without its weights."""
+
+    specialist: str
+    version: int
+    active: bool
+    embed_model: str
+    labels: int
+    examples: int
+    created_at: datetime
+    after: HeadMetrics | None = None
+    before: HeadMetrics | None = None
+
+
 def head_summaries(db: Location) -> list[HeadSummary]:
     """Every trained head, oldest version first (without its weights)."""
     sql = (
@@ -397,7 +491,17 @@ def head_summaries(db: Location) -> list[HeadSummary]:
     def summary(row: dict[str, Any]) -> HeadSummary:
         metrics = json.loads(row.pop("metrics_json") or "{}")
         labels = json.loads(row.pop("labels_json") or "[]")
-        return HeadSummary(**row, labels=len(labels), after=metrics.get("after"), before=metrics.get("before"))
+        return HeadSummary(
+            specialist=str(row["specialist"]),
+            version=int(row["version"]),
+            active=bool(row["active"]),
+            embed_model=str(row["embed_model"]),
+            labels=len(labels),
+            examples=int(row["examples"]),
+            created_at=when(row["created_at"]),
+            after=HeadMetrics.read(metrics.get("after")),
+            before=HeadMetrics.read(metrics.get("before")),
+        )
 
     return read(db, lambda c: [summary(row) for row in _rows(c, sql)])
 
@@ -425,12 +529,16 @@ def ticket_counts(db: Location, source: str, keys: Sequence[str]) -> dict[Ticket
 # --- the Runs board and a call's exchange (added for the TUI) -----------------------------------
 
 
+@dataclass(kw_only=True)
 class RunLine(RunSummary):
     """A run's row on a live board: its summary, how far its plan got, and its open reviews."""
 
     steps_done: int = 0
     steps_planned: int = 0
     reviews_pending: int = 0
+
+
+_PROGRESS = ("steps_done", "reviews_pending")
 
 
 def run_lines(db: Location, *, status: RunStatus | None = None, limit: int = 200) -> list[RunLine]:
@@ -454,24 +562,32 @@ def run_lines(db: Location, *, status: RunStatus | None = None, limit: int = 200
             plan = None
         seen = row.pop("steps_seen")
         planned = len(plan["steps"]) if isinstance(plan, dict) and isinstance(plan.get("steps"), list) else seen
-        return RunLine.model_validate({**row, "steps_planned": planned})
+        summary = RunSummary.read({k: v for k, v in row.items() if k not in _PROGRESS})
+        return RunLine(
+            **vars(summary),
+            steps_done=int(row["steps_done"]),
+            steps_planned=planned,
+            reviews_pending=int(row["reviews_pending"]),
+        )
 
     return read(db, lambda c: [line(row) for row in _rows(c, sql, counted)])
 
 
-class Turn(BaseModel):
+@dataclass(kw_only=True)
+class Turn:
     """One message of a prompt."""
 
     role: str
     content: str
 
 
-class Exchange(BaseModel):
+@dataclass(kw_only=True)
+class Exchange:
     """A model call as a person reads it: the prompt's messages as text, what else the request
     asked for (temperature, schema, ...), and the reply's text or the error in its place."""
 
     turns: list[Turn]
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     reply: str | None = None
     error: str | None = None
 
@@ -510,7 +626,8 @@ def exchange(call: CallLine) -> Exchange:
 # --- workers and the work queue (`shoal workers`, the TUI's Runs screen) -----------------------
 
 
-class WorkerLine(BaseModel):
+@dataclass(kw_only=True)
+class WorkerLine:
     """A worker process as `shoal workers` lists it."""
 
     id: str
@@ -522,13 +639,18 @@ class WorkerLine(BaseModel):
     heartbeat_at: datetime
     silent: bool = False  # not heard from for a lease's length: killed, or its machine gone
 
+    @classmethod
+    def read(cls, row: Mapping[str, Any]) -> WorkerLine:
+        return cls(**{**row, "status": WorkerStatus(row["status"]), "heartbeat_at": when(row["heartbeat_at"])})
+
     @property
     def heard_s(self) -> float:
         """Seconds since its last heartbeat."""
         return (datetime.now(UTC) - self.heartbeat_at.replace(tzinfo=UTC)).total_seconds()
 
 
-class WorkBoard(BaseModel):
+@dataclass(kw_only=True)
+class WorkBoard:
     workers: list[WorkerLine]
     queue: dict[WorkStatus, int]
 
@@ -543,7 +665,7 @@ def work_board(db: Location, *, lease_s: float) -> WorkBoard:
 
     def query(connection: ReadConnection) -> WorkBoard:
         sql = "SELECT id, host, status, current, done, failed, heartbeat_at FROM worker ORDER BY started_at DESC"
-        rows = [WorkerLine.model_validate(row) for row in _rows(connection, sql)]
+        rows = [WorkerLine.read(row) for row in _rows(connection, sql)]
         for row in rows:
             row.silent = row.status != WorkerStatus.STOPPED and row.heard_s > lease_s
         counts = {

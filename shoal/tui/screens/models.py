@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static
 
-from shoal.engine.reports import HeadMetrics
+from shoal.engine.views import HeadMetrics
 from shoal.errors import ConfigError
 from shoal.tui.messages import BackendsChecked, PullFinished, PullProgressed
 from shoal.tui.widgets import ShoalScreen, cells
