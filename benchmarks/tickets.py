@@ -1,17 +1,16 @@
 """Ticket triage on Bitext rows: quality, escalation, throughput and the framework's share of time.
 
 Runs the real `shoal triage` workflow (the engine's `triage`, the embedded model by default) over
-N Bitext rows and prints: category and intent accuracy against the gold labels (of the answers
-the small model gave, accepted or not), entity exact match (gold `entity_value` found as one of the
-extracted values), share escalated per field, tickets per minute, and the framework's share of
-wall time (time outside model calls / total).
+N Bitext rows held out of everything `examples/` ships (examples/build.py), with
+`examples/shoal.toml` (its heads, knowledge and priority rules) unless `--config` says otherwise.
+Per field it prints the share answered locally (by the small tier, accepted), how often those
+were right where the data can say, and the ECE and AUROC of the small tier's confidence over every
+answer it gave; entities are judged per extracted field, each with its own confidence
+(`entity_answers`). Then tickets per minute and the framework's share of wall time (time outside
+model calls). `--heads` instead trains category and intent heads on the other rows.
 
-Run by hand: `uv run python benchmarks/tickets.py --n 500 [--offset K] [--config FILE] [--model M]`.
-The tickets are Bitext rows held out of everything `examples/` ships (examples/build.py), and the
-configuration is `examples/shoal.toml` (its heads, knowledge and priority rules) unless `--config`
-says otherwise. Per field: the share answered locally (by the small tier, accepted), how often
-those were right where the data can say, and the ECE and AUROC of the small tier's confidence
-over every answer it gave. `--heads` instead trains category and intent heads on the other rows.
+Run by hand: `uv run python benchmarks/tickets.py --n 714 [--config FILE] [--model M]` (714 is
+every held-out row).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -45,17 +45,18 @@ sys.path.insert(0, str(ROOT / "examples"))
 from build import held_out  # noqa: E402  (the split the shipped heads and knowledge kept out)
 
 
-def sample(n: int, offset: int = 0) -> list[dict[str, str]]:
-    """`n` Bitext rows from the held-out share (714 rows): none was fitted on by the shipped heads
-    or put in the shipped knowledge (see examples/build.py). Rows are taken evenly from those after
-    the first `offset`, so `--n 500` and `--offset 500` share none: a threshold chosen on the first
-    can be checked on the rest."""
+def sample(n: int) -> list[dict[str, str]]:
+    """`n` Bitext rows from the held-out share (714 rows), evenly spaced through it: none was
+    fitted on by the shipped heads or put in the shipped knowledge (see examples/build.py). The
+    data is sorted by intent, so the first `n` rows would leave the last intents out."""
     with DATA.open(encoding="utf-8", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if held_out(r["instruction"])][offset:]
-    if not rows:
-        raise SystemExit(f"--offset {offset}: no held-out rows are left after it")
-    step = max(1, len(rows) // n)
-    return rows[::step][:n]
+        rows = [r for r in csv.DictReader(handle) if held_out(r["instruction"])]
+    n = min(n, len(rows))
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
+def judged(right: bool, confidence: float) -> Prediction:
+    return Prediction(text="", gold="y", predicted="y" if right else "n", confidence=confidence, seconds=0.0)
 
 
 def busy_seconds(calls: list[Any]) -> float:
@@ -97,6 +98,23 @@ def whole_words(text: str, value: str) -> str:
     return text[start:end]
 
 
+def entity_answers(output: object, truth: dict[str, str], fields: Iterable[str]) -> dict[str, bool]:
+    """Each extracted field the data can judge, and whether it is right: the gold entity's field
+    (when configured) by exact match after case and space normalisation, the gold widened to whole
+    words; and on a row with no labelled entity, every field but `amount` must be empty (Bitext
+    labels no amount on most rows that state one: "a refund of 299 dollars")."""
+    if not isinstance(output, dict):
+        return {}
+    labelled, value = truth["entity_type"], truth["entity_value"]
+    if labelled and value:
+        if labelled not in fields:
+            return {}
+        return {labelled: _norm(output.get(labelled) or "") == _norm(whole_words(truth["instruction"], value))}
+    if labelled:
+        return {}
+    return {field: not output.get(field) for field in fields if field != "amount"}
+
+
 def field_confidences(evidence_json: str | None) -> dict[str, float]:
     """An extraction's confidence per field, from its evidence (`span_FIELD` signals of a span head;
     none for a prompted extraction, which has one confidence for the whole answer)."""
@@ -116,10 +134,8 @@ def correct(
     name: str, output: object, truth: dict[str, str], rules: dict[str, str], fields: Iterable[str] = ()
 ) -> bool | None:
     """Whether a field's answer is right where the data says (None where it cannot say):
-    labels against Bitext's; priority against the configured rule for the gold intent; entities,
-    the gold entity's field (when configured) by exact match after case and space normalisation,
-    the gold widened to whole words (scored with that field's own confidence); a reply, by its
-    knowledge item's intent."""
+    labels against Bitext's; priority against the configured rule for the gold intent; a reply,
+    by its knowledge item's intent. Entities are judged per field (`entity_answers`)."""
     if not isinstance(output, dict):
         return None  # no answer (it waits on another field, or the model gave none): nothing to score
     if name in ("category", "intent"):
@@ -128,10 +144,7 @@ def correct(
         expected = rules.get(truth["intent"])
         return None if expected is None else output.get("label") == expected
     if name == "entities":
-        field = truth["entity_type"]
-        if field not in fields or not truth["entity_value"]:
-            return None  # no gold, or a field this configuration does not extract
-        return _norm(output.get(field) or "") == _norm(whole_words(truth["instruction"], truth["entity_value"]))
+        raise ValueError("entities are scored per field: entity_answers()")
     if name == "reply":
         used = output.get("knowledge") or []
         return bool(used) and str(used[0]).split(":")[1:2] == [truth["intent"]]
@@ -160,9 +173,9 @@ async def main(
     db: Path | None,
     report_only: bool,
     heads: bool = False,
-    offset: int = 0,
 ) -> None:
-    rows = sample(n, offset)
+    rows = sample(n)
+    n = len(rows)  # at most the held-out share
     config = config or ROOT / "examples" / "shoal.toml"
     db = db or Path(tempfile.mkdtemp(prefix="shoal-tickets-")) / "shoal.db"
     settings = Settings.load(config, env={"SHOAL_DB": str(db)})
@@ -200,7 +213,7 @@ async def main(
 
     gold = {f"bitext:{i}": r for i, r in enumerate(rows)}
     settings_rules = settings.tickets.priority_by_intent
-    scored: dict[str, list[Prediction]] = {name: [] for name in FIELDS}
+    scored: dict[str, list[Prediction]] = defaultdict(list)
     local = dict.fromkeys(FIELDS, 0)
     statuses: dict[str, int] = {}
     for ticket in finished:
@@ -211,26 +224,33 @@ async def main(
             field = fields.get(name) or {}
             if field.get("status") == "done" and field.get("answered_by") == "specialist":
                 local[name] += 1
-            right = correct(name, field.get("output"), truth, settings_rules, settings.tickets.entities)
-            if right is not None and field.get("answered_by") in ("specialist", None):
-                confidence = float(field.get("confidence") or 0.0)
-                if name == "entities":  # the data speaks of one field: score that field's own confidence
-                    confidence = per_field.get(ticket.run_id or "", {}).get(truth["entity_type"], confidence)
-                scored[name].append(
-                    Prediction(text="", gold="y", predicted="y" if right else "n", confidence=confidence, seconds=0.0)
-                )
+            if field.get("answered_by") not in ("specialist", None):
+                continue  # the frontier's or a person's answer: not the small tier's confidence
+            confidence = float(field.get("confidence") or 0.0)
+            if name == "entities":  # each field with its own confidence (a span head's; else the answer's)
+                own = per_field.get(ticket.run_id or "", {})
+                for entity, right in entity_answers(field.get("output"), truth, settings.tickets.entities).items():
+                    scored[f"  {entity}"].append(judged(right, own.get(entity, confidence)))
+                    scored[name].append(judged(right, own.get(entity, confidence)))
+                continue
+            verdict = correct(name, field.get("output"), truth, settings_rules, settings.tickets.entities)
+            if verdict is not None:
+                scored[name].append(judged(verdict, confidence))
 
     how = f" with {config}" if config else ""
     table = Table(title=f"shoal triage on {n} held-out Bitext tickets, {settings.default_model}{how}")
     for column in ("field", "answered locally", "right, of local", "n scored", "ECE", "AUROC"):
         table.add_column(column, justify="left" if column == "field" else "right")
-    for name in FIELDS:
-        predictions = scored[name]
+    rows_shown = [(name, name) for name in FIELDS]
+    at = rows_shown.index(("entities", "entities")) + 1
+    rows_shown[at:at] = [(key, "entities") for key in sorted(scored) if key.startswith("  ")]
+    for key, name in rows_shown:
+        predictions = scored[key]
         accepted = [p for p in predictions if p.confidence >= settings.threshold_for(name, 0.5)]
         area = auroc(predictions)
         table.add_row(
-            name,
-            f"{local[name] / n:.1%}",
+            key,
+            f"{local[name] / n:.1%}" if key == name else "",
             f"{sum(p.correct for p in accepted) / len(accepted):.3f}" if accepted else "-",
             str(len(predictions)),
             f"{expected_calibration_error(predictions):.3f}" if predictions else "-",
@@ -254,9 +274,6 @@ async def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
-    parser.add_argument(
-        "--offset", type=int, default=0, help="skip this many held-out rows first (e.g. those a run of --n 500 took)"
-    )
     parser.add_argument("--model", default=None)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--db", type=Path, default=None, help="database to use (re-running resumes it)")
@@ -265,4 +282,4 @@ if __name__ == "__main__":
         "--heads", action="store_true", help="first train category and intent heads on the other Bitext rows"
     )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.model, args.config, args.db, args.report_only, args.heads, args.offset))
+    asyncio.run(main(args.n, args.model, args.config, args.db, args.report_only, args.heads))

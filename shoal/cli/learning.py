@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -22,6 +22,8 @@ from shoal.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from shoal.evaluation import Evaluation
     from shoal.training import TrainReport
 
@@ -246,10 +248,10 @@ def print_training(result: TrainReport) -> None:
         console.print(literal(f"activate it anyway with `shoal train {result.specialist} --activate {result.version}`"))
 
 
-def field_table(result: TrainReport) -> Any:
+def field_table(result: TrainReport) -> Table:
     from rich.table import Table
 
-    def share(value: Any) -> str:
+    def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
 
     table = Table(title="held-out, per field (spans)")
