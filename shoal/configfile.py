@@ -78,13 +78,14 @@ def default_db_path() -> Path:
     return user_data_path("shoal") / "shoal.db"
 
 
-def db_location(db_path: object) -> Path | str:
+def db_location(db_path: object, where: str = "db_path") -> Path | str:
     """A `db_path` value as shoal opens it: a URL stays text (a `Path` would fold its `//`);
-    anything else is a file's path, relative to the working folder."""
+    anything else is a file's path, relative to the working folder. `where` names the value's
+    source in the error."""
     if isinstance(db_path, Path):
         return db_path
     if not isinstance(db_path, str) or not db_path.strip():
-        raise ConfigError(f"db_path: give a SQLite file's path or a postgresql:// URL, not {db_path!r}")
+        raise ConfigError(f"{where}: give a SQLite file's path or a postgresql:// URL, not {db_path!r}")
     return db_path if is_url(db_path) else Path(db_path)
 
 
@@ -93,7 +94,8 @@ def read_db_location(path: str | Path | None = None, env: Mapping[str, str] | No
     import os
 
     env = os.environ if env is None else env
+    if env.get("SHOAL_DB"):
+        return db_location(env["SHOAL_DB"], "SHOAL_DB")
     found = find_config(path, env)
     data = read_toml(found)[0] if found is not None else {}
-    apply_env(data, env)
-    return db_location(data["db_path"]) if "db_path" in data else default_db_path()
+    return db_location(data["db_path"], f"db_path in {found}") if "db_path" in data else default_db_path()

@@ -92,3 +92,13 @@ def test_a_new_database_is_created_on_first_read(tmp_path: Path) -> None:
     found = loaded(["runs"], tmp_path)
     assert found["code"] == 0
     assert Path(os.environ["SHOAL_DB"]).is_file()
+
+
+def test_a_database_under_home_is_read_where_the_store_writes_it(tmp_path: Path) -> None:
+    # `~` is expanded by the store that creates the file and by the views that read it
+    env = {**os.environ, "HOME": str(tmp_path), "SHOAL_DB": "~/shoal-home.db", "COLUMNS": "80"}
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "runs"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "shoal-home.db").is_file() and not (tmp_path / "~").exists()

@@ -128,7 +128,7 @@ def test_a_bad_db_path_is_refused_on_both_paths(tmp_path: Path, value: str) -> N
 
     path = tmp_path / "shoal.toml"
     path.write_text(f"db_path = {value}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="postgresql:// URL"):
+    with pytest.raises(ConfigError, match=rf"db_path in {path}: .*postgresql:// URL"):
         read_db_location(path, {})
     with pytest.raises(ConfigError, match=r"db_path \(line 1\).*postgresql:// URL"):
         Settings.load(path, env={})
@@ -141,3 +141,10 @@ def test_a_broken_file_is_named_on_the_read_path(tmp_path: Path) -> None:
     path.write_text("db_path = \n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_db_location(path, {})
+
+
+def test_a_blank_shoal_db_is_named_on_the_read_path(tmp_path: Path) -> None:
+    from shoal.configfile import read_db_location
+
+    with pytest.raises(ConfigError, match="SHOAL_DB: give a SQLite file's path"):
+        read_db_location(tmp_path / "none.toml", {"SHOAL_DB": "  "})

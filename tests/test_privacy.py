@@ -337,6 +337,20 @@ async def test_an_engine_run_stores_the_kinds_and_no_value(
     assert line.explained.endswith("withheld from the frontier: 1 email, 1 phone")
 
 
+@pytest.mark.parametrize("stored", ['{"email": 1, "phone": 1}', {"email": 1, "phone": 1}])
+def test_the_withheld_kinds_read_from_either_engine(stored: object) -> None:
+    # sqlite3 gives the JSON column's text, psycopg the parsed object: `shoal show` takes both
+    from shoal.engine.views import EscalationLine
+
+    row = {
+        "step_id": "ids", "rung": "frontier", "outcome": "accepted", "confidence_before": 0.2,
+        "confidence_after": 0.9, "model": FRONTIER, "cost_usd": 0.0, "reason": "low", "redacted": stored,
+    }  # fmt: skip
+    line = EscalationLine.read(row)
+    assert line.explained == "low; withheld from the frontier: 1 email, 1 phone"
+    assert json.loads(line.redacted or "") == {"email": 1, "phone": 1}
+
+
 def test_a_version_4_database_gets_the_redacted_column(tmp_path: Path) -> None:
     from sqlalchemy import create_engine, text
 

@@ -165,7 +165,12 @@ class EscalationLine:
 
     @classmethod
     def read(cls, row: Mapping[str, Any]) -> EscalationLine:
-        return cls(**{**row, "rung": Rung(row["rung"]), "outcome": EscalationOutcome(row["outcome"])})
+        redacted = row["redacted"]
+        if redacted is not None and not isinstance(redacted, str):  # psycopg parses a JSON column
+            redacted = json.dumps(redacted)
+        return cls(
+            **{**row, "rung": Rung(row["rung"]), "outcome": EscalationOutcome(row["outcome"]), "redacted": redacted}
+        )
 
     @property
     def explained(self) -> str:
@@ -245,10 +250,11 @@ def read(db: Location, query: Callable[[ReadConnection], R]) -> R:
 
 
 def _location(db: Location) -> Path | str:
+    """A URL, or the file's path as `Store` opens it (`~` expanded)."""
     if isinstance(db, str):
-        return db if is_url(db) else Path(db)
+        return db if is_url(db) else Path(db).expanduser()
     if isinstance(db, Path):
-        return db
+        return db.expanduser()
     if db.url is not None:
         return db.url
     assert db.path is not None
