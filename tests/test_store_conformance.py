@@ -96,6 +96,11 @@ def test_a_step_with_escalations_and_a_review_then_its_answer(store: Store) -> N
     assert row.id == step.id and row.status == StepStatus.DONE and row.answered_by == AnsweredBy.HUMAN
     (kept,) = store.escalations("r1")
     assert kept.outcome == EscalationOutcome.ACCEPTED and kept.redacted == {"email": 1}
+    # what `shoal show` reads, through the views' own connection to this engine (psycopg parses JSON)
+    from shoal.engine.views import run_detail
+
+    (line,) = run_detail(store, "r1").escalations
+    assert line.explained == "below threshold; withheld from the frontier: 1 email"
     assert store.get_review(review.id).answer_json == '{"label": "REFUND"}'
     assert [e.label for e in store.examples("classifier")] == ["REFUND"]
     assert store.finished_step("r1", "kind") is not None and store.finished_step("r1", "nope") is None
