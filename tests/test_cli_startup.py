@@ -87,6 +87,16 @@ async def test_read_only_commands_load_no_model_stack(tmp_path: Path) -> None:
         assert found["code"] == (2 if "bogus" in args else 0), (args, found)
 
 
+def test_help_loads_no_rich(tmp_path: Path) -> None:
+    # Typer prints the help; the consoles load Rich on first use, and help never uses them
+    code = f"HEAVY = {(*READ_HEAVY, 'rich')!r}\n{PROBE}"
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(["--help"])], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    found = json.loads(out.stdout.rsplit("LOADED=", 1)[1])
+    assert found == {"code": 0, "heavy": []}, found
+
+
 def test_a_new_database_is_created_on_first_read(tmp_path: Path) -> None:
     # conftest points SHOAL_DB into the test's folder; the file does not exist yet
     found = loaded(["runs"], tmp_path)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.text import Text
 
 from shoal.cli import backends, learning, maintenance, reading, reviewing, serve, workers, working
 from shoal.cli.common import ConfigOption, err, settings
@@ -64,6 +63,8 @@ def tui(config: ConfigOption = None) -> None:
 def print_error(exc: ShoalError) -> None:
     """The message as it was written (a Text is not read as markup, so `[openai]` stays), on one
     line however narrow the terminal or pipe: soft wrap lets the terminal fold it, not Rich."""
+    from rich.text import Text
+
     err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
 
 

@@ -6,9 +6,8 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
-from shoal.cli.common import ConfigOption, console, engine, literal, print_json
+from shoal.cli.common import ConfigOption, console, engine, escape, literal, print_json, real
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -86,7 +85,7 @@ def models_pull(
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=console,
+            console=real(console),
         ) as progress:
             tasks: dict[str, TaskID] = {}
             async for step in shoal.pull(name):

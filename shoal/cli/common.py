@@ -1,8 +1,9 @@
 """What every group of commands shares: the consoles, the checks on what was typed, the way
 text is cut for a table, and progress that suits a terminal or a pipe.
 
-Kept light on purpose: it imports Rich's console and typer, nothing of the engine or the model
-stack, so a command that only reads the database starts at once.
+Kept light on purpose: it imports typer and nothing of the engine or the model stack, and its
+consoles load Rich on first use, so `shoal --help` (Typer prints it) never loads Rich and a
+command that only reads the database starts at once.
 """
 
 from __future__ import annotations
@@ -14,24 +15,56 @@ import stat
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
 from shoal.errors import InputFileError, UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.text import Text
 
     from shoal.config import Settings
     from shoal.engine import RunReport, Shoal
     from shoal.models.base import ModelRef
 
-console = Console(emoji=False)  # shoal writes no emoji codes; `:x:` in a task stays text
-err = Console(stderr=True, emoji=False)
+
+class _LazyConsole:
+    """A Rich console made when first used: Rich takes a sixth of `shoal --help`'s start, and
+    help never prints through it."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._made: Console | None = None
+
+    def made(self) -> Console:
+        if self._made is None:
+            from rich.console import Console
+
+            self._made = Console(**self._options)
+        return self._made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+
+def real(out: Console) -> Console:
+    """The console itself, for Rich code that keeps it (a progress display)."""
+    return out.made() if isinstance(out, _LazyConsole) else out
+
+
+console = cast("Console", _LazyConsole(emoji=False))  # shoal writes no emoji codes: `:x:` stays text
+err = cast("Console", _LazyConsole(stderr=True, emoji=False))
+
+
+def escape(text: str) -> str:
+    """`text` with Rich markup escaped, for the parts of a markup string shoal did not write."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -180,8 +213,8 @@ def print_report(report: RunReport, as_json: bool) -> None:
             soft_wrap=True,
         )
     if report.error:
-        err.print(Text(report.error, style="red"), soft_wrap=True)
-    err.print(Text(report.summary(), style="dim"), soft_wrap=True)
+        err.print(report.error, style="red", soft_wrap=True, markup=False, emoji=False, highlight=False)
+    err.print(report.summary(), style="dim", soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 
 class Ticker:
@@ -212,7 +245,7 @@ class Ticker:
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[status]}"),
-                console=self.out,
+                console=real(self.out),
             )
             self._progress.__enter__()
         return self
@@ -241,5 +274,5 @@ class Ticker:
 
     def note(self, line: str | Text) -> None:
         """A line of its own (above the bar on a terminal), never folded mid-phrase."""
-        text = line if isinstance(line, Text) else literal(line)
+        text = literal(line) if isinstance(line, str) else line
         (self._progress.console if self._progress is not None else self.out).print(text, soft_wrap=True)

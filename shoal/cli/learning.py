@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from shoal.cli.common import (
     LABELLED,
@@ -14,6 +13,7 @@ from shoal.cli.common import (
     Ticker,
     console,
     engine,
+    escape,
     input_file,
     literal,
     model_ref,

@@ -13,15 +13,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.text import Text
 
-from shoal.cli.common import ConfigOption, console, cut, db_location, literal, one_line, print_json
+from shoal.cli.common import ConfigOption, console, cut, db_location, escape, literal, one_line, print_json
 from shoal.errors import UsageError
 from shoal.status import RunStatus
 
 if TYPE_CHECKING:
     from rich.table import Table
+    from rich.text import Text
 
     from shoal.engine.views import ReviewLine, RunDetail
 
@@ -136,6 +135,8 @@ def score(value: float | None) -> str:
 
 
 def print_run(detail: RunDetail, with_calls: bool) -> None:
+    from rich.text import Text
+
     run = detail.run
     console.print(
         f"[bold]run {run.id}[/bold]  {run.status}  {escape(run.workflow)}  {run.created_at:%Y-%m-%d %H:%M:%S}"
@@ -221,6 +222,8 @@ def short_json(value: Any, limit: int) -> tuple[str, bool]:
 def print_pending(pending: list[ReviewLine]) -> None:
     """The queue: per review its id, ticket (or run), step and confidence in columns that never
     wrap, then the ticket text, the best answer and why it is here, each cut to a few lines."""
+    from rich.text import Text
+
     if not pending:
         console.print("no reviews waiting")
         return

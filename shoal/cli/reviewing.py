@@ -6,12 +6,13 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from shoal.cli.common import ConfigOption, console, db_location, engine, literal, print_report
 from shoal.cli.reading import print_pending
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from shoal.engine.reviews import ReviewDetail
 
 
@@ -58,11 +59,15 @@ def whole_json(value: Any) -> str:
 
 
 def heading(text: str) -> Text:
+    from rich.text import Text
+
     return Text(text, style="bold")
 
 
 def print_review(item: ReviewDetail, ticket: str | None) -> None:
     """One review whole: nothing here is cut (a person deciding needs all of it)."""
+    from rich.text import Text
+
     from shoal.engine.views import distinct_reasons
 
     say = console.print

@@ -11,7 +11,6 @@ import logging
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from shoal.cli.common import ConfigOption, console, engine, err, literal, settings
 from shoal.errors import MissingExtraError
@@ -87,6 +86,8 @@ def list_(config: ConfigOption = None) -> None:
     if not rows:
         console.print("no tokens: `shoal tokens create NAME` makes one")
         return
+    from rich.table import Table
+
     table = Table("name", "token", "created", "last used", "revoked")
     for row in rows:
         table.add_row(

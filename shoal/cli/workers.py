@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
 from shoal.cli.common import ConfigOption, console, engine, err, literal
 from shoal.cli.reading import fixed, free, table
@@ -93,6 +92,8 @@ def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, sig: signal.S
 
 
 def show_event(event: WorkEvent) -> None:
+    from rich.text import Text
+
     stamp = datetime.now().strftime("%H:%M:%S")
     if event.status is None:
         err.print(literal(f"{stamp} #{event.item} {event.what}: started"), soft_wrap=True)

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.text import Text
 
 from shoal.cli.common import (
     ConfigOption,
@@ -16,6 +14,7 @@ from shoal.cli.common import (
     console,
     engine,
     err,
+    escape,
     input_file,
     literal,
     model_ref,
@@ -194,6 +193,8 @@ def triage(
     """Triage a ticket queue: category, intent, priority, entities, summary, a first reply, a queue."""
     import asyncio
     import itertools
+
+    from rich.text import Text
 
     from shoal.engine import views
     from shoal.tickets.files import read_tickets, ticket_source
