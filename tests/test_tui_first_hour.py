@@ -373,3 +373,20 @@ async def test_a_slow_engine_import_does_not_hold_up_the_runs_screen(tmp_path: P
         await pilot.pause()
         assert app.screen.query_one("#runs", DataTable).row_count == 1
         await asyncio.wait_for(app.workers.wait_for_complete(), 60)
+
+
+async def test_the_review_pane_gives_each_reason_once() -> None:
+    # every rung repeats the reasons before it; the engine reads them once for every face
+    from waiting import waiting_ticket
+
+    from shoal.tui.data import review_text
+
+    _, reviews = await waiting_ticket()
+    settings = Settings.load()
+    shoal = Shoal(settings)
+    try:
+        detail = shoal.review_detail(reviews["entities"])
+    finally:
+        await shoal.aclose()
+    text = review_text(detail)
+    assert text.count("OPENAI_API_KEY is not set") == 1 and text.count("below threshold 1.00") == 1

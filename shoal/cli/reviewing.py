@@ -68,8 +68,6 @@ def print_review(item: ReviewDetail, ticket: str | None) -> None:
     """One review whole: nothing here is cut (a person deciding needs all of it)."""
     from rich.text import Text
 
-    from shoal.engine.views import distinct_reasons
-
     say = console.print
     of_ticket = f" (ticket {ticket})" if ticket else ""
     say(
@@ -93,10 +91,9 @@ def print_review(item: ReviewDetail, ticket: str | None) -> None:
             literal(f"  frontier {item.frontier.model or '-'}: {item.frontier.outcome}. {item.frontier.reason}"),
             soft_wrap=True,
         )
-    reasons = distinct_reasons(item.reasons)  # each reason once, however many rungs repeated it
-    if reasons:
+    if item.reasons:  # each reason once, however many rungs repeated it (the engine's reading)
         say(heading("why it is here:"))
-        for reason in reasons:
+        for reason in item.reasons:
             say(literal(f"  {reason}"), soft_wrap=True)
     best = whole_json(item.best_answer) if item.best_answer is not None else "none (no usable model answer)"
     say(Text.assemble(("best answer: ", "bold"), literal(best)), soft_wrap=True)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from shoal.agents.planner import Plan, Planner
 from shoal.engine.reports import RunReport
 from shoal.engine.runs import RunDriver
-from shoal.engine.views import Evidence, evidence
+from shoal.engine.views import Evidence, distinct_reasons, evidence
 from shoal.engine.wiring import TASK, Wiring
 from shoal.errors import AnswerError, StoreError, TaskError
 from shoal.specialists.base import Specialist
@@ -59,7 +59,7 @@ class ReviewDetail(BaseModel):
     confidence: float = 0.0
     evidence: list[Evidence] = Field(default_factory=list)
     frontier: FrontierTry | None = None
-    reasons: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, description="why it waits for a person, each reason once")
     best_answer: dict[str, Any] | None = Field(default=None, description="the best answer the models gave")
     expects: str = Field(description="how to answer, worded for a person")
     labels: list[str] = Field(default_factory=list, description="a classifier's labels; empty for others")
@@ -245,7 +245,7 @@ def _detail(wiring: Wiring, row: Review, workflow: str) -> ReviewDetail:
         confidence=float(question.get("confidence") or 0.0),
         evidence=evidence(question.get("evidence")),
         frontier=FrontierTry.model_validate(frontier) if isinstance(frontier, dict) else None,
-        reasons=[str(r) for r in question.get("reasons") or []],
+        reasons=distinct_reasons(question.get("reasons") or []),
         best_answer=best if isinstance(best, dict) else None,
         expects="JSON of the specialist's output" if specialist is None else expects(specialist),
         labels=list(specialist.labels) if isinstance(specialist, Classifier) else [],
