@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from shoal.config import Settings
+from shoal.status import AnsweredBy, EscalationOutcome, Rung, StepStatus
 from shoal.store import Store
 from shoal.store.tables import EscalationRow, Review, Step
 from shoal.tui.app import ShoalApp
@@ -62,10 +63,10 @@ def app_with_rows() -> ShoalApp:
                 run_id=run_id,
                 step_id="ids",
                 specialist="extractor",
-                status="done",
+                status=StepStatus.DONE,
                 confidence=0.91,
                 first_confidence=0.91,
-                answered_by="specialist",
+                answered_by=AnsweredBy.SPECIALIST,
                 model="embedded:smollm2-135m",
                 output_json=json.dumps({"ids": ["70012345"]}),
                 evidence_json=evidence(("required", 1.0, "0/0"), ("grounded", 1.0, "1/1 values found in the text")),
@@ -89,10 +90,10 @@ def app_with_rows() -> ShoalApp:
                 run_id=run_id,
                 step_id="kind",
                 specialist="classifier",
-                status="waiting" if waiting else "done",
+                status=StepStatus.WAITING if waiting else StepStatus.DONE,
                 confidence=0.31 if waiting else 1.0,
                 first_confidence=0.31,
-                answered_by=None if waiting else "human",
+                answered_by=None if waiting else AnsweredBy.HUMAN,
                 model="embedded:smollm2-135m",
                 output_json=json.dumps({"label": "ORDER" if waiting else "SHIPPING_ADDRESS"}),
                 evidence_json=evidence(
@@ -105,11 +106,11 @@ def app_with_rows() -> ShoalApp:
                     run_id=run_id,
                     step_id="kind",
                     specialist="classifier",
-                    rung="human",
+                    rung=Rung.HUMAN,
                     reason="confidence 0.31 below threshold 0.70",
                     confidence_before=0.31,
                     confidence_after=None if waiting else 1.0,
-                    outcome="pending" if waiting else "accepted",
+                    outcome=EscalationOutcome.PENDING if waiting else EscalationOutcome.ACCEPTED,
                 )
             ],
             review=Review(run_id=run_id, step_id="kind", specialist="classifier", question_json=json.dumps(question))
