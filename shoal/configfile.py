@@ -11,6 +11,7 @@ that builds the settings, not by one that only reads the database.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -91,8 +92,6 @@ def db_location(db_path: object, where: str = "db_path") -> Path | str:
 
 def read_db_location(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path | str:
     """Where the database is, as `Settings.load(path, env).db_path` would say, without the rest."""
-    import os
-
     env = os.environ if env is None else env
     if env.get("SHOAL_DB"):
         return db_location(env["SHOAL_DB"], "SHOAL_DB")
